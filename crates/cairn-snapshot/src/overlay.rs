@@ -1,0 +1,705 @@
+//! The overlay backend: one directory per snapshot, metadata in SQLite.
+//!
+//! Layout under the snapshot root:
+//!
+//! ```text
+//! snapshots/<id>/fs      the snapshot's own files (an overlay upper or lower dir)
+//! snapshots/<id>/work    overlay's work dir (active snapshots only)
+//! snapshots/new-<rand>   a snapshot being created, locked by its creator
+//! snapshots/removed-…    a snapshot being deleted
+//! ```
+//!
+//! A new snapshot directory is built under a temporary name and renamed to its id inside the
+//! database transaction that records it, and the database write lock serialises those
+//! transactions across processes. So a numbered directory without a row can only be debris of a
+//! killed process, and [`OverlaySnapshotter::cleanup`] may delete it.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{self, File};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nix::fcntl::{Flock, FlockArg};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use tracing::{debug, warn};
+
+use crate::{Info, Kind, Mount, SnapshotError, Snapshotter, Usage};
+
+/// Deletes directory trees. Rootless stores hold files owned by subordinate ids that the
+/// calling user cannot delete directly; the caller supplies a remover that can (for example one
+/// that works inside the store's user namespace).
+pub trait TreeRemover: Send + Sync {
+    /// Removes `path` and everything below it. A missing path is not an error.
+    fn remove_tree(&self, path: &Path) -> std::io::Result<()>;
+}
+
+/// Removes trees in this process, making unreadable directories readable first (overlay leaves
+/// `work/work` at mode 000; images have 000 directories).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LocalRemover;
+
+impl TreeRemover for LocalRemover {
+    fn remove_tree(&self, path: &Path) -> std::io::Result<()> {
+        remove_tree_local(path)
+    }
+}
+
+/// `rm -rf` that also gets through directories without search permission we own.
+pub fn remove_tree_local(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(first) => {
+            // Open up every directory we can, then try again once.
+            fn open_up(dir: &Path) {
+                let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+                if let Ok(entries) = fs::read_dir(dir) {
+                    for entry in entries.flatten() {
+                        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                            open_up(&entry.path());
+                        }
+                    }
+                }
+            }
+            if fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
+                open_up(path);
+                fs::remove_dir_all(path)
+            } else {
+                Err(first)
+            }
+        }
+    }
+}
+
+/// Settings of an overlay snapshotter.
+#[derive(Debug, Clone, Default)]
+pub struct OverlayConfig {
+    /// Mount with `userxattr`: required when the overlay is mounted inside a user namespace,
+    /// where overlay keeps its whiteout and opaque markers in `user.overlay.*` xattrs.
+    pub userxattr: bool,
+}
+
+/// The overlay snapshotter. Cheap to share behind an `Arc`; the database connection is
+/// serialised by a mutex, and other processes are kept out by SQLite's own locking.
+pub struct OverlaySnapshotter {
+    root: PathBuf,
+    db_path: PathBuf,
+    conn: Mutex<Connection>,
+    config: OverlayConfig,
+    remover: Arc<dyn TreeRemover>,
+}
+
+struct Row {
+    id: i64,
+    name: String,
+    kind: Kind,
+    parent_id: Option<i64>,
+    labels: String,
+    created: i64,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS snapshots (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    parent_id INTEGER REFERENCES snapshots(id),
+    labels TEXT NOT NULL DEFAULT '{}',
+    created INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS snapshots_parent ON snapshots(parent_id);
+";
+
+/// Opens an SQLite database the way every cairn table expects: write-ahead log (readers do not
+/// block the writer), full sync (a committed transaction survives a crash), and a long busy
+/// timeout because other cairn processes on the same store take the write lock in turn.
+pub fn open_database(path: &Path) -> Result<Connection, rusqlite::Error> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(120))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+/// Takes the creator's lock on a directory being built: while it is held, cleaners in any
+/// process know the creator is alive.
+fn lock_dir(path: &Path) -> std::io::Result<Flock<File>> {
+    let dir = File::open(path)?;
+    Flock::lock(dir, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| errno.into())
+}
+
+fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+impl OverlaySnapshotter {
+    /// Opens the snapshotter whose directories live under `root` and whose metadata lives in
+    /// the SQLite database at `db_path` (which other tables of the store may share).
+    pub fn open(
+        root: &Path,
+        db_path: &Path,
+        config: OverlayConfig,
+        remover: Arc<dyn TreeRemover>,
+    ) -> Result<Self, SnapshotError> {
+        fs::create_dir_all(root).map_err(|source| SnapshotError::Io {
+            action: "create snapshot directory",
+            path: root.to_owned(),
+            source,
+        })?;
+        let db_err = |source| SnapshotError::Database { path: db_path.to_owned(), source };
+        let conn = open_database(db_path).map_err(db_err)?;
+        conn.execute_batch(SCHEMA).map_err(db_err)?;
+        Ok(OverlaySnapshotter {
+            root: root.to_owned(),
+            db_path: db_path.to_owned(),
+            conn: Mutex::new(conn),
+            config,
+            remover,
+        })
+    }
+
+    fn db_err(&self) -> impl Fn(rusqlite::Error) -> SnapshotError + '_ {
+        |source| SnapshotError::Database { path: self.db_path.clone(), source }
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn dir(&self, id: i64) -> PathBuf {
+        self.root.join(id.to_string())
+    }
+
+    /// The directory holding a snapshot's own files.
+    fn fs_dir(&self, id: i64) -> PathBuf {
+        self.dir(id).join("fs")
+    }
+
+    fn row(conn: &Connection, name: &str) -> rusqlite::Result<Option<Row>> {
+        conn.query_row(
+            "SELECT id, name, kind, parent_id, labels, created FROM snapshots WHERE name = ?1",
+            [name],
+            Self::map_row,
+        )
+        .optional()
+    }
+
+    fn row_by_id(conn: &Connection, id: i64) -> rusqlite::Result<Row> {
+        conn.query_row(
+            "SELECT id, name, kind, parent_id, labels, created FROM snapshots WHERE id = ?1",
+            [id],
+            Self::map_row,
+        )
+    }
+
+    fn map_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+        let kind: String = r.get(2)?;
+        Ok(Row {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            kind: Kind::parse(&kind).unwrap_or(Kind::Active),
+            parent_id: r.get(3)?,
+            labels: r.get(4)?,
+            created: r.get(5)?,
+        })
+    }
+
+    /// Ids of a snapshot's committed ancestors, nearest first.
+    fn ancestors(conn: &Connection, mut parent: Option<i64>) -> rusqlite::Result<Vec<i64>> {
+        let mut out = Vec::new();
+        while let Some(id) = parent {
+            out.push(id);
+            parent = conn.query_row("SELECT parent_id FROM snapshots WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })?;
+        }
+        Ok(out)
+    }
+
+    fn info(&self, conn: &Connection, row: Row) -> Result<Info, SnapshotError> {
+        let parent = match row.parent_id {
+            Some(pid) => Some(Self::row_by_id(conn, pid).map_err(self.db_err())?.name),
+            None => None,
+        };
+        Ok(Info {
+            name: row.name,
+            kind: row.kind,
+            parent,
+            labels: serde_json::from_str(&row.labels).unwrap_or_default(),
+            created: row.created,
+        })
+    }
+
+    fn mounts_for(&self, conn: &Connection, row: &Row) -> Result<Vec<Mount>, SnapshotError> {
+        let parents = Self::ancestors(conn, row.parent_id).map_err(self.db_err())?;
+        let lowerdir = || {
+            let dirs: Vec<String> =
+                parents.iter().map(|&p| self.fs_dir(p).display().to_string()).collect();
+            format!("lowerdir={}", dirs.join(":"))
+        };
+        let mut options = Vec::new();
+        let mount = match (row.kind, parents.len()) {
+            (Kind::Active, 0) => Mount {
+                kind: "bind".into(),
+                source: self.fs_dir(row.id),
+                options: vec!["rbind".into(), "rw".into()],
+            },
+            (Kind::Active, _) => {
+                if self.config.userxattr {
+                    options.push("userxattr".into());
+                }
+                options.push(format!("workdir={}", self.dir(row.id).join("work").display()));
+                options.push(format!("upperdir={}", self.fs_dir(row.id).display()));
+                options.push(lowerdir());
+                Mount { kind: "overlay".into(), source: "overlay".into(), options }
+            }
+            (Kind::View, 0) => Mount {
+                kind: "bind".into(),
+                source: self.fs_dir(row.id),
+                options: vec!["rbind".into(), "ro".into()],
+            },
+            (Kind::View, 1) => Mount {
+                kind: "bind".into(),
+                source: self.fs_dir(parents[0]),
+                options: vec!["rbind".into(), "ro".into()],
+            },
+            (Kind::View, _) => {
+                options.push("ro".into());
+                if self.config.userxattr {
+                    options.push("userxattr".into());
+                }
+                options.push(lowerdir());
+                Mount { kind: "overlay".into(), source: "overlay".into(), options }
+            }
+            (Kind::Committed, _) => {
+                return Err(SnapshotError::Precondition {
+                    name: row.name.clone(),
+                    reason: "a committed snapshot has no mounts; prepare or view on top of it"
+                        .into(),
+                })
+            }
+        };
+        Ok(vec![mount])
+    }
+
+    fn create(
+        &self,
+        kind: Kind,
+        key: &str,
+        parent: Option<&str>,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Vec<Mount>, SnapshotError> {
+        let io = |action, path: &Path| {
+            let path = path.to_owned();
+            move |source| SnapshotError::Io { action, path, source }
+        };
+        // Build the directory under a temporary name, locked so cleaners leave it alone.
+        let temp = self.root.join(format!("new-{:016x}", rand::random::<u64>()));
+        fs::create_dir(&temp).map_err(io("create snapshot directory", &temp))?;
+        let _lock = lock_dir(&temp).map_err(io("lock snapshot directory", &temp))?;
+        let result = (|| {
+            fs::create_dir(temp.join("fs")).map_err(io("create snapshot directory", &temp))?;
+            if kind == Kind::Active {
+                fs::create_dir(temp.join("work")).map_err(io("create snapshot directory", &temp))?;
+            }
+            let mut conn = self.conn();
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(self.db_err())?;
+            if Self::row(&tx, key).map_err(self.db_err())?.is_some() {
+                return Err(SnapshotError::AlreadyExists(key.to_owned()));
+            }
+            let parent_id = match parent {
+                None => None,
+                Some(p) => {
+                    let row = Self::row(&tx, p)
+                        .map_err(self.db_err())?
+                        .ok_or_else(|| SnapshotError::NotFound(p.to_owned()))?;
+                    if row.kind != Kind::Committed {
+                        return Err(SnapshotError::Precondition {
+                            name: p.to_owned(),
+                            reason: "parent is not committed".into(),
+                        });
+                    }
+                    Some(row.id)
+                }
+            };
+            let labels_json = serde_json::to_string(labels).expect("labels serialise");
+            tx.execute(
+                "INSERT INTO snapshots (name, kind, parent_id, labels, created) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![key, kind.as_str(), parent_id, labels_json, now()],
+            )
+            .map_err(self.db_err())?;
+            let id = tx.last_insert_rowid();
+            let target = self.dir(id);
+            if fs::symlink_metadata(&target).is_ok() {
+                // We hold the write lock, so nobody is creating this id: it is debris of a
+                // process killed between its rename and its commit.
+                warn!(path = %target.display(), "removing orphaned snapshot directory");
+                self.remover
+                    .remove_tree(&target)
+                    .map_err(io("remove orphaned snapshot directory", &target))?;
+            }
+            fs::rename(&temp, &target).map_err(io("rename snapshot directory", &target))?;
+            let row = Self::row_by_id(&tx, id).map_err(self.db_err())?;
+            let mounts = self.mounts_for(&tx, &row)?;
+            tx.commit().map_err(self.db_err())?;
+            debug!(key, id, ?parent, kind = kind.as_str(), "created snapshot");
+            Ok(mounts)
+        })();
+        if result.is_err() && temp.exists() {
+            let _ = self.remover.remove_tree(&temp);
+        }
+        result
+    }
+
+    /// The `fs` directories of a committed snapshot and its ancestors, bottom layer first:
+    /// what [`crate::flatten::flatten`] takes.
+    pub fn layer_dirs(&self, name: &str) -> Result<Vec<PathBuf>, SnapshotError> {
+        let conn = self.conn();
+        let row = Self::row(&conn, name)
+            .map_err(self.db_err())?
+            .ok_or_else(|| SnapshotError::NotFound(name.to_owned()))?;
+        let mut ids = vec![row.id];
+        ids.extend(Self::ancestors(&conn, row.parent_id).map_err(self.db_err())?);
+        Ok(ids.into_iter().rev().map(|id| self.fs_dir(id)).collect())
+    }
+
+    /// Deletes what killed processes left behind: directories still being created by a process
+    /// that is gone, directories whose deletion was interrupted, and numbered directories with
+    /// no metadata. Safe to run while other processes use the store. Returns how many
+    /// directories were deleted.
+    pub fn cleanup(&self) -> Result<usize, SnapshotError> {
+        let io = |action, path: &Path| {
+            let path = path.to_owned();
+            move |source| SnapshotError::Io { action, path, source }
+        };
+        let mut doomed = Vec::new();
+        let entries = fs::read_dir(&self.root).map_err(io("list snapshots", &self.root))?;
+        let mut numbered = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            if name.starts_with("new-") {
+                let Ok(dir) = File::open(&path) else { continue };
+                if Flock::lock(dir, FlockArg::LockExclusiveNonblock).is_ok() {
+                    doomed.push(path);
+                }
+            } else if name.starts_with("removed-") {
+                doomed.push(path);
+            } else if let Ok(id) = name.parse::<i64>() {
+                numbered.push((id, path));
+            }
+        }
+        if !numbered.is_empty() {
+            let mut conn = self.conn();
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(self.db_err())?;
+            let known: HashSet<i64> = tx
+                .prepare("SELECT id FROM snapshots")
+                .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+                .map_err(self.db_err())?;
+            for (id, path) in numbered {
+                if !known.contains(&id) {
+                    let grave = self.root.join(format!("removed-{id}-{:08x}", rand::random::<u32>()));
+                    fs::rename(&path, &grave).map_err(io("rename orphaned snapshot", &path))?;
+                    doomed.push(grave);
+                }
+            }
+            tx.commit().map_err(self.db_err())?;
+        }
+        let count = doomed.len();
+        for path in doomed {
+            debug!(path = %path.display(), "removing leftover snapshot directory");
+            self.remover.remove_tree(&path).map_err(io("remove leftover snapshot", &path))?;
+        }
+        Ok(count)
+    }
+}
+
+impl Snapshotter for OverlaySnapshotter {
+    fn prepare(
+        &self,
+        key: &str,
+        parent: Option<&str>,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Vec<Mount>, SnapshotError> {
+        self.create(Kind::Active, key, parent, labels)
+    }
+
+    fn view(
+        &self,
+        key: &str,
+        parent: Option<&str>,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Vec<Mount>, SnapshotError> {
+        self.create(Kind::View, key, parent, labels)
+    }
+
+    fn mounts(&self, key: &str) -> Result<Vec<Mount>, SnapshotError> {
+        let conn = self.conn();
+        let row = Self::row(&conn, key)
+            .map_err(self.db_err())?
+            .ok_or_else(|| SnapshotError::NotFound(key.to_owned()))?;
+        self.mounts_for(&conn, &row)
+    }
+
+    fn commit(
+        &self,
+        name: &str,
+        key: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), SnapshotError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.db_err())?;
+        let row = Self::row(&tx, key)
+            .map_err(self.db_err())?
+            .ok_or_else(|| SnapshotError::NotFound(key.to_owned()))?;
+        if row.kind != Kind::Active {
+            return Err(SnapshotError::Precondition {
+                name: key.to_owned(),
+                reason: format!("only an active snapshot can be committed, this is {}", row.kind.as_str()),
+            });
+        }
+        if Self::row(&tx, name).map_err(self.db_err())?.is_some() {
+            return Err(SnapshotError::AlreadyExists(name.to_owned()));
+        }
+        let mut merged: BTreeMap<String, String> =
+            serde_json::from_str(&row.labels).unwrap_or_default();
+        merged.extend(labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+        tx.execute(
+            "UPDATE snapshots SET name = ?1, kind = 'committed', labels = ?2 WHERE id = ?3",
+            params![name, serde_json::to_string(&merged).expect("labels serialise"), row.id],
+        )
+        .map_err(self.db_err())?;
+        tx.commit().map_err(self.db_err())?;
+        // The work dir is only needed while the snapshot is an overlay upper.
+        let work = self.dir(row.id).join("work");
+        if work.exists() {
+            if let Err(e) = self.remover.remove_tree(&work) {
+                warn!(path = %work.display(), error = %e, "could not remove overlay work dir");
+            }
+        }
+        debug!(key, name, id = row.id, "committed snapshot");
+        Ok(())
+    }
+
+    fn remove(&self, key: &str) -> Result<(), SnapshotError> {
+        let grave;
+        {
+            let mut conn = self.conn();
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(self.db_err())?;
+            let row = Self::row(&tx, key)
+                .map_err(self.db_err())?
+                .ok_or_else(|| SnapshotError::NotFound(key.to_owned()))?;
+            let children: i64 = tx
+                .query_row("SELECT count(*) FROM snapshots WHERE parent_id = ?1", [row.id], |r| {
+                    r.get(0)
+                })
+                .map_err(self.db_err())?;
+            if children > 0 {
+                return Err(SnapshotError::Precondition {
+                    name: key.to_owned(),
+                    reason: format!("{children} snapshot(s) are built on it"),
+                });
+            }
+            tx.execute("DELETE FROM snapshots WHERE id = ?1", [row.id]).map_err(self.db_err())?;
+            let dir = self.dir(row.id);
+            grave = self.root.join(format!("removed-{}-{:08x}", row.id, rand::random::<u32>()));
+            match fs::rename(&dir, &grave) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(SnapshotError::Io { action: "rename snapshot", path: dir, source })
+                }
+            }
+            tx.commit().map_err(self.db_err())?;
+        }
+        // Out of the transaction: deleting a big tree must not hold the store's write lock.
+        if let Err(e) = self.remover.remove_tree(&grave) {
+            warn!(path = %grave.display(), error = %e, "snapshot removed, its directory is left for cleanup");
+        }
+        Ok(())
+    }
+
+    fn stat(&self, key: &str) -> Result<Info, SnapshotError> {
+        let conn = self.conn();
+        let row = Self::row(&conn, key)
+            .map_err(self.db_err())?
+            .ok_or_else(|| SnapshotError::NotFound(key.to_owned()))?;
+        self.info(&conn, row)
+    }
+
+    fn walk(&self) -> Result<Vec<Info>, SnapshotError> {
+        let conn = self.conn();
+        let rows: Vec<Row> = conn
+            .prepare("SELECT id, name, kind, parent_id, labels, created FROM snapshots ORDER BY id")
+            .and_then(|mut s| s.query_map([], Self::map_row)?.collect())
+            .map_err(self.db_err())?;
+        rows.into_iter().map(|r| self.info(&conn, r)).collect()
+    }
+
+    fn usage(&self, key: &str) -> Result<Usage, SnapshotError> {
+        let id = {
+            let conn = self.conn();
+            Self::row(&conn, key)
+                .map_err(self.db_err())?
+                .ok_or_else(|| SnapshotError::NotFound(key.to_owned()))?
+                .id
+        };
+        let mut usage = Usage::default();
+        let mut seen = HashSet::new();
+        let mut stack = vec![self.fs_dir(id)];
+        while let Some(dir) = stack.pop() {
+            let entries = fs::read_dir(&dir).map_err(|source| SnapshotError::Io {
+                action: "measure snapshot",
+                path: dir.clone(),
+                source,
+            })?;
+            for entry in entries.flatten() {
+                let Ok(meta) = entry.metadata() else { continue };
+                if !seen.insert(meta.ino()) {
+                    continue;
+                }
+                usage.inodes += 1;
+                if meta.is_dir() {
+                    stack.push(entry.path());
+                } else if meta.is_file() {
+                    usage.size += meta.len();
+                }
+            }
+        }
+        Ok(usage)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The behaviour every snapshotter must show, written against the trait so that a second
+    //! backend runs the same suite.
+    use super::*;
+
+    fn labels() -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
+
+    fn overlay(dir: &Path) -> OverlaySnapshotter {
+        OverlaySnapshotter::open(
+            &dir.join("snapshots"),
+            &dir.join("metadata.db"),
+            OverlayConfig::default(),
+            Arc::new(LocalRemover),
+        )
+        .unwrap()
+    }
+
+    fn conformance(s: &dyn Snapshotter) {
+        // A first layer: active with no parent is a writable bind.
+        let m = s.prepare("extract-1", None, &labels()).unwrap();
+        assert_eq!(m[0].kind, "bind");
+        let upper = m[0].writable_dir().unwrap();
+        fs::write(upper.join("a"), "1").unwrap();
+        s.commit("layer-1", "extract-1", &labels()).unwrap();
+        assert!(matches!(s.stat("extract-1"), Err(SnapshotError::NotFound(_))));
+        assert_eq!(s.stat("layer-1").unwrap().kind, Kind::Committed);
+        assert!(matches!(s.mounts("layer-1"), Err(SnapshotError::Precondition { .. })));
+
+        // A second layer: an overlay whose lower is the first.
+        let m = s.prepare("extract-2", Some("layer-1"), &labels()).unwrap();
+        assert_eq!(m[0].kind, "overlay");
+        assert_eq!(m[0].lower_dirs().len(), 1);
+        assert!(m[0].lower_dirs()[0].join("a").exists());
+        assert_eq!(s.mounts("extract-2").unwrap(), m);
+        s.commit("layer-2", "extract-2", &labels()).unwrap();
+
+        // Views: one parent is a read-only bind, more are a read-only overlay, lowers top first.
+        let v = s.view("view-1", Some("layer-1"), &labels()).unwrap();
+        assert_eq!((v[0].kind.as_str(), v[0].writable_dir()), ("bind", None));
+        let v = s.view("view-2", Some("layer-2"), &labels()).unwrap();
+        assert_eq!(v[0].kind, "overlay");
+        assert_eq!(v[0].lower_dirs().len(), 2);
+        assert!(v[0].lower_dirs()[1].join("a").exists());
+        assert!(matches!(
+            s.commit("x", "view-2", &labels()),
+            Err(SnapshotError::Precondition { .. })
+        ));
+
+        // Names are unique; parents must exist and be committed.
+        assert!(matches!(s.prepare("view-1", None, &labels()), Err(SnapshotError::AlreadyExists(_))));
+        assert!(matches!(s.prepare("k", Some("nope"), &labels()), Err(SnapshotError::NotFound(_))));
+        s.prepare("active", None, &labels()).unwrap();
+        assert!(matches!(
+            s.prepare("k", Some("active"), &labels()),
+            Err(SnapshotError::Precondition { .. })
+        ));
+        let err = s.commit("layer-1", "active", &labels()).unwrap_err();
+        assert!(matches!(err, SnapshotError::AlreadyExists(_)), "{err}");
+
+        // A parent cannot go while children stand on it.
+        assert!(matches!(s.remove("layer-1"), Err(SnapshotError::Precondition { .. })));
+        s.remove("view-1").unwrap();
+        s.remove("view-2").unwrap();
+        s.remove("layer-2").unwrap();
+        s.remove("layer-1").unwrap();
+        s.remove("active").unwrap();
+        assert!(s.walk().unwrap().is_empty());
+
+        // Labels survive commit and merge.
+        let mut l = labels();
+        l.insert("cairn.lease".into(), "x".into());
+        s.prepare("labelled", None, &l).unwrap();
+        let mut l2 = labels();
+        l2.insert("cairn.diff-id".into(), "y".into());
+        s.commit("done", "labelled", &l2).unwrap();
+        let info = s.stat("done").unwrap();
+        assert_eq!(info.labels.len(), 2);
+        assert!(s.usage("done").unwrap().inodes == 0);
+    }
+
+    #[test]
+    fn overlay_conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        conformance(&overlay(dir.path()));
+    }
+
+    #[test]
+    fn cleanup_removes_debris_but_not_live_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = overlay(dir.path());
+        let m = s.prepare("keep", None, &labels()).unwrap();
+        let root = dir.path().join("snapshots");
+        // What a killed process leaves: an unlocked temp dir, an interrupted removal, and a
+        // numbered dir that never got its row.
+        fs::create_dir_all(root.join("new-dead/fs")).unwrap();
+        fs::create_dir_all(root.join("removed-9-00/fs/x")).unwrap();
+        fs::create_dir_all(root.join("4242/fs")).unwrap();
+        // A live creator's temp dir is locked and must survive.
+        fs::create_dir(root.join("new-live")).unwrap();
+        let _live = Flock::lock(File::open(root.join("new-live")).unwrap(), FlockArg::LockExclusive)
+            .unwrap();
+        assert_eq!(s.cleanup().unwrap(), 3);
+        assert!(root.join("new-live").exists());
+        assert!(m[0].writable_dir().unwrap().exists());
+        assert_eq!(s.cleanup().unwrap(), 0);
+    }
+
+    #[test]
+    fn two_handles_on_one_store_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = overlay(dir.path());
+        let b = overlay(dir.path());
+        a.prepare("k", None, &labels()).unwrap();
+        assert!(matches!(b.prepare("k", None, &labels()), Err(SnapshotError::AlreadyExists(_))));
+        b.commit("n", "k", &labels()).unwrap();
+        assert_eq!(a.stat("n").unwrap().kind, Kind::Committed);
+    }
+}
