@@ -1,0 +1,103 @@
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+use tracing::debug;
+
+use crate::{IdMapping, RuntimeError};
+
+/// Set in a helper's environment; [`init`] acts only when it is present.
+pub const HELPER_ENV: &str = "_CAIRN_USERNS_HELPER";
+
+const READY: &str = "cairn-userns-ready";
+const MAPPED: &str = "cairn-userns-mapped";
+
+/// Call first thing in `main`, before any thread starts. In an ordinary process it does
+/// nothing. In a process started by [`spawn_in_user_namespace`] it enters a new user namespace
+/// (and a mount namespace of its own), tells the parent so over stdout, and waits on stdin until
+/// the parent has written the id mapping; it then returns as root of that namespace and the
+/// program goes on to serve whatever the parent asked for.
+pub fn init() {
+    if std::env::var_os(HELPER_ENV).is_none() {
+        return;
+    }
+    // Still single-threaded here, when changing the environment is sound; removing the
+    // variable keeps it out of anything the helper itself starts.
+    std::env::remove_var(HELPER_ENV);
+    let fail = |what: &str, e: &dyn std::fmt::Display| -> ! {
+        let _ = writeln!(std::io::stdout(), "error: {what}: {e}");
+        std::process::exit(125);
+    };
+    // Die with the parent: a helper left behind would hold the store.
+    if let Err(e) = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL) {
+        fail("set parent-death signal", &e);
+    }
+    use nix::sched::CloneFlags;
+    if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS) {
+        fail("unshare user and mount namespaces", &e);
+    }
+    let mut out = std::io::stdout();
+    if writeln!(out, "{READY}").and_then(|_| out.flush()).is_err() {
+        std::process::exit(125);
+    }
+    let mut line = String::new();
+    if std::io::stdin().lock().read_line(&mut line).is_err() || line.trim() != MAPPED {
+        // The parent could not map us (it said why on its side) or went away.
+        std::process::exit(125);
+    }
+    // Become root in full: the uid is mapped to 0 already, make the gid match too.
+    let root = nix::unistd::Gid::from_raw(0);
+    let _ = nix::unistd::setresgid(root, root, root);
+    let _ = nix::unistd::setresuid(0.into(), 0.into(), 0.into());
+}
+
+/// A helper running inside its own user namespace, with its stdin and stdout for the caller's
+/// protocol.
+#[derive(Debug)]
+pub struct UsernsChild {
+    /// The process; dropping it does not kill it, but closing `stdin` makes a well-behaved
+    /// helper exit.
+    pub child: Child,
+    /// Requests go here.
+    pub stdin: ChildStdin,
+    /// Responses come from here.
+    pub stdout: BufReader<ChildStdout>,
+}
+
+/// Starts `command` (a program that calls [`init`] first) in a new user namespace with
+/// `mapping`, and waits until it runs as root there.
+pub fn spawn_in_user_namespace(
+    mut command: Command,
+    mapping: &IdMapping,
+) -> Result<UsernsChild, RuntimeError> {
+    let program = command.get_program().to_string_lossy().into_owned();
+    let mut child = command
+        .env(HELPER_ENV, "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|source| RuntimeError::Spawn { program, source })?;
+    let pid = child.id();
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let handshake = |reason: String| RuntimeError::Handshake { pid, reason };
+    let mut line = String::new();
+    stdout.read_line(&mut line).map_err(|e| handshake(e.to_string()))?;
+    if line.trim() != READY {
+        let _ = child.kill();
+        let _ = child.wait();
+        let said = line.trim();
+        return Err(handshake(if said.is_empty() {
+            "it exited before entering its namespace (does the program call cairn's init hook first in main?)".into()
+        } else {
+            said.to_owned()
+        }));
+    }
+    if let Err(e) = mapping.apply_to(pid) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e);
+    }
+    writeln!(stdin, "{MAPPED}").map_err(|e| handshake(e.to_string()))?;
+    debug!(pid, %mapping, "user namespace helper started");
+    Ok(UsernsChild { child, stdin, stdout })
+}
