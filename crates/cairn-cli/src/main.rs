@@ -1,1 +1,162 @@
-fn main() {}
+//! `cairn`: pull images into a local store and work with them, without a daemon or root.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+mod progress;
+
+/// A rootless, daemonless CI engine.
+#[derive(Parser)]
+#[command(name = "cairn", version, about)]
+struct Cli {
+    /// The store directory [default: /var/lib/cairn for root, ~/.local/share/cairn otherwise]
+    #[arg(long, global = true, env = "CAIRN_ROOT", value_name = "DIR")]
+    root: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Pull an image and unpack its layers; prints the manifest digest last.
+    Pull {
+        /// Image reference, e.g. 127.0.0.1:5000/library/busybox:latest
+        reference: String,
+    },
+    /// List the images in the store.
+    Images {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Write an image's flattened root filesystem into a new directory.
+    Export {
+        /// Image reference or manifest digest.
+        reference: String,
+        /// Destination directory (must not exist, or be empty).
+        dest: PathBuf,
+    },
+    /// Remove an image reference; its layers stay until garbage collection.
+    Rmi {
+        /// Image reference or manifest digest.
+        reference: String,
+    },
+    /// Delete the whole store, including files owned by subordinate ids.
+    Reset,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    /// Aligned columns for people.
+    Table,
+    /// One JSON object per line.
+    Json,
+}
+
+fn main() -> ExitCode {
+    // Before anything else, and before any thread: this process may be the store's helper.
+    cairn_images::init();
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cairn: cannot start async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cairn: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn options(root: Option<PathBuf>) -> cairn_images::StoreOptions {
+    cairn_images::StoreOptions::new(root.unwrap_or_else(cairn_images::default_root))
+}
+
+async fn run(cli: Cli) -> Result<(), cairn_images::ImagesError> {
+    let options = options(cli.root);
+    if let Command::Reset = cli.command {
+        let root = options.root.clone();
+        cairn_images::Store::reset(options)?;
+        eprintln!("removed store {}", root.display());
+        return Ok(());
+    }
+    let store = cairn_images::Store::open(options)?;
+    match cli.command {
+        Command::Pull { reference } => {
+            let image = if std::io::stderr().is_terminal() {
+                let bars = progress::Bars::new();
+                let result = store.pull(&reference, &bars).await;
+                bars.finish();
+                result?
+            } else {
+                store.pull(&reference, &()).await?
+            };
+            println!("{}", image.digest);
+        }
+        Command::Images { format } => {
+            let images = store.images()?;
+            match format {
+                Format::Json => {
+                    for image in images {
+                        let line = serde_json::json!({
+                            "reference": image.reference,
+                            "digest": image.digest,
+                            "size": image.size,
+                            "config": image.config,
+                            "media_type": image.media_type,
+                            "created": image.created,
+                        });
+                        println!("{line}");
+                    }
+                }
+                Format::Table => {
+                    let width = images
+                        .iter()
+                        .map(|i| i.reference.len())
+                        .max()
+                        .unwrap_or(0)
+                        .max(9);
+                    println!("{:width$}  {:71}  SIZE", "REFERENCE", "DIGEST");
+                    for image in images {
+                        println!(
+                            "{:width$}  {:71}  {}",
+                            image.reference,
+                            image.digest.as_str(),
+                            progress::human_bytes(image.size)
+                        );
+                    }
+                }
+            }
+        }
+        Command::Export { reference, dest } => {
+            store.export(&reference, &dest).await?;
+        }
+        Command::Rmi { reference } => {
+            let image = store.remove_image(&reference)?;
+            println!("{}", image.reference);
+        }
+        Command::Reset => unreachable!("handled above"),
+    }
+    Ok(())
+}

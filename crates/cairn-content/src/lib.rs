@@ -45,7 +45,9 @@ pub enum ContentError {
         path: PathBuf,
     },
     /// The bytes written do not hash to the expected digest; nothing was kept.
-    #[error("blob {expected} has digest {actual} ({size} bytes): content does not match its digest")]
+    #[error(
+        "blob {expected} has digest {actual} ({size} bytes): content does not match its digest"
+    )]
     DigestMismatch {
         /// The digest the bytes were announced under.
         expected: Digest,
@@ -98,7 +100,11 @@ impl ContentError {
 
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ContentError {
     let path = path.to_owned();
-    move |source| ContentError::Io { action, path, source }
+    move |source| ContentError::Io {
+        action,
+        path,
+        source,
+    }
 }
 
 /// The blob store rooted at one directory.
@@ -164,7 +170,11 @@ impl ContentStore {
     }
 
     /// Starts writing a blob that must turn out to be `expected` and `expected_size` bytes long.
-    pub fn writer(&self, expected: &Digest, expected_size: u64) -> Result<BlobWriter, ContentError> {
+    pub fn writer(
+        &self,
+        expected: &Digest,
+        expected_size: u64,
+    ) -> Result<BlobWriter, ContentError> {
         let name = format!("{}-{:016x}", expected.hex(), rand::random::<u64>());
         let path = self.ingest.join(name);
         let file = OpenOptions::new()
@@ -173,7 +183,9 @@ impl ContentStore {
             .mode(0o644)
             .open(&path)
             .map_err(io_err("create ingest file", &path))?;
-        let writable = file.try_clone().map_err(io_err("open ingest file", &path))?;
+        let writable = file
+            .try_clone()
+            .map_err(io_err("open ingest file", &path))?;
         let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
             .map_err(|(_, errno)| io_err("lock ingest file", &path)(errno.into()))?;
         Ok(BlobWriter {
@@ -229,7 +241,9 @@ impl ContentStore {
         let mut removed = 0;
         for entry in fs::read_dir(&self.ingest).map_err(io_err("list ingests", &self.ingest))? {
             let path = entry.map_err(io_err("list ingests", &self.ingest))?.path();
-            let Ok(file) = File::open(&path) else { continue };
+            let Ok(file) = File::open(&path) else {
+                continue;
+            };
             // A lock we can take means nobody holds it: the writer is dead.
             if let Ok(_lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
                 if fs::remove_file(&path).is_ok() {
@@ -284,7 +298,10 @@ impl BlobWriter {
 
     fn write_error(&self, e: io::Error) -> ContentError {
         if e.raw_os_error() == Some(libc_enospc()) {
-            ContentError::DiskFull { digest: self.expected.clone(), path: self.path.clone() }
+            ContentError::DiskFull {
+                digest: self.expected.clone(),
+                path: self.path.clone(),
+            }
         } else {
             io_err("write ingest file", &self.path)(e)
         }
@@ -310,7 +327,9 @@ impl BlobWriter {
                 size,
             });
         }
-        let file = out.into_inner().map_err(|e| self.write_error(e.into_error()))?;
+        let file = out
+            .into_inner()
+            .map_err(|e| self.write_error(e.into_error()))?;
         file.sync_all().map_err(|e| self.write_error(e))?;
         fs::rename(&self.path, &self.target).map_err(io_err("commit blob", &self.target))?;
         // The rename is durable only once the directory is synced.
@@ -383,7 +402,10 @@ mod tests {
         let (dir, store) = store();
         let d = Digest::sha256_of(b"abc");
         let mut w = store.writer(&d, 3).unwrap();
-        assert!(matches!(w.write_chunk(b"abcd"), Err(ContentError::SizeMismatch { .. })));
+        assert!(matches!(
+            w.write_chunk(b"abcd"),
+            Err(ContentError::SizeMismatch { .. })
+        ));
         drop(w);
         let mut w = store.writer(&d, 3).unwrap();
         w.write_chunk(b"ab").unwrap();

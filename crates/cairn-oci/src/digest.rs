@@ -63,7 +63,11 @@ impl FromStr for Digest {
         if algorithm != "sha256" {
             return Err(DigestError::UnsupportedAlgorithm(s.to_owned()));
         }
-        if encoded.len() != 64 || !encoded.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        if encoded.len() != 64
+            || !encoded
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
             return Err(DigestError::InvalidHex(s.to_owned()));
         }
         Ok(Digest(s.to_owned()))
@@ -165,9 +169,18 @@ mod tests {
             .unwrap();
         assert_eq!(d, Digest::sha256_of(b""));
         assert_eq!(d.short(), "e3b0c44298fc");
-        assert!(matches!("e3b0".parse::<Digest>(), Err(DigestError::MissingAlgorithm(_))));
-        assert!(matches!("md5:abc".parse::<Digest>(), Err(DigestError::UnsupportedAlgorithm(_))));
-        assert!(matches!("sha256:ABC".parse::<Digest>(), Err(DigestError::InvalidHex(_))));
+        assert!(matches!(
+            "e3b0".parse::<Digest>(),
+            Err(DigestError::MissingAlgorithm(_))
+        ));
+        assert!(matches!(
+            "md5:abc".parse::<Digest>(),
+            Err(DigestError::UnsupportedAlgorithm(_))
+        ));
+        assert!(matches!(
+            "sha256:ABC".parse::<Digest>(),
+            Err(DigestError::InvalidHex(_))
+        ));
         assert!(matches!(
             "sha256:../../../../etc/passwd0000000000000000000000000000000000000000000"
                 .parse::<Digest>(),

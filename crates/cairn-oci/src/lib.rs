@@ -12,7 +12,7 @@ mod platform;
 mod reference;
 
 pub use digest::{chain_ids, Digest, DigestError, Sha256Writer};
-pub use media::{LayerCompression, MediaTypeError, ManifestKind};
+pub use media::{LayerCompression, ManifestKind, MediaTypeError};
 pub use platform::Platform;
 pub use reference::{registry_is_loopback, ImageReference, ReferenceError};
 

@@ -34,8 +34,12 @@ pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.mani
 
 impl ManifestKind {
     /// Every manifest media type cairn asks a registry for, most preferred first.
-    pub const ACCEPTED: [&'static str; 4] =
-        [OCI_INDEX, DOCKER_MANIFEST_LIST, OCI_MANIFEST, DOCKER_MANIFEST];
+    pub const ACCEPTED: [&'static str; 4] = [
+        OCI_INDEX,
+        DOCKER_MANIFEST_LIST,
+        OCI_MANIFEST,
+        DOCKER_MANIFEST,
+    ];
 
     /// The kind of a manifest media type.
     pub fn from_media_type(media_type: &str) -> Result<Self, MediaTypeError> {
@@ -84,18 +88,33 @@ mod tests {
             ("application/vnd.oci.image.layer.v1.tar+gzip", Gzip),
             ("application/vnd.oci.image.layer.v1.tar+zstd", Zstd),
             ("application/vnd.docker.image.rootfs.diff.tar.gzip", Gzip),
-            ("application/vnd.oci.image.layer.nondistributable.v1.tar+gzip", Gzip),
+            (
+                "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+                Gzip,
+            ),
         ] {
             assert_eq!(LayerCompression::from_media_type(mt), Ok(c), "{mt}");
         }
         assert!(LayerCompression::from_media_type("application/wasm").is_err());
-        assert!(LayerCompression::from_media_type("application/vnd.oci.image.layer.v1.tar+bz2").is_err());
+        assert!(
+            LayerCompression::from_media_type("application/vnd.oci.image.layer.v1.tar+bz2")
+                .is_err()
+        );
     }
 
     #[test]
     fn manifest_media_types() {
-        assert_eq!(ManifestKind::from_media_type(DOCKER_MANIFEST_LIST), Ok(ManifestKind::Index));
-        assert_eq!(ManifestKind::from_media_type(OCI_MANIFEST), Ok(ManifestKind::Image));
-        assert!(ManifestKind::from_media_type("application/vnd.docker.distribution.manifest.v1+prettyjws").is_err());
+        assert_eq!(
+            ManifestKind::from_media_type(DOCKER_MANIFEST_LIST),
+            Ok(ManifestKind::Index)
+        );
+        assert_eq!(
+            ManifestKind::from_media_type(OCI_MANIFEST),
+            Ok(ManifestKind::Image)
+        );
+        assert!(ManifestKind::from_media_type(
+            "application/vnd.docker.distribution.manifest.v1+prettyjws"
+        )
+        .is_err());
     }
 }

@@ -64,7 +64,11 @@ mod tests {
 
     #[test]
     fn scores() {
-        let arm = Platform { os: "linux".into(), architecture: "arm64".into(), variant: Some("v8".into()) };
+        let arm = Platform {
+            os: "linux".into(),
+            architecture: "arm64".into(),
+            variant: Some("v8".into()),
+        };
         assert_eq!(arm.match_score("linux", "arm64", Some("v8")), Some(2));
         assert_eq!(arm.match_score("linux", "arm64", None), Some(1));
         assert_eq!(arm.match_score("linux", "amd64", None), None);

@@ -69,7 +69,10 @@ impl ImageReference {
                 digest.to_string(),
             ),
         };
-        ImageReference { inner, digest: Some(digest.clone()) }
+        ImageReference {
+            inner,
+            digest: Some(digest.clone()),
+        }
     }
 
     /// Whether the registry is on this machine (`localhost`, 127.0.0.0/8, `::1`): such registries
@@ -93,7 +96,10 @@ impl FromStr for ImageReference {
     type Err = ReferenceError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let invalid = |reason: String| ReferenceError::Invalid { reference: s.to_owned(), reason };
+        let invalid = |reason: String| ReferenceError::Invalid {
+            reference: s.to_owned(),
+            reason,
+        };
         let inner = Reference::try_from(s).map_err(|e| invalid(e.to_string()))?;
         if inner.repository().bytes().any(|b| b.is_ascii_uppercase()) {
             return Err(invalid("repository name must be lowercase".to_owned()));
@@ -133,12 +139,22 @@ mod tests {
         let d = Digest::sha256_of(b"x");
         let pinned = r.with_digest(&d);
         assert_eq!(pinned.digest(), Some(&d));
-        assert_eq!(pinned.to_string(), format!("127.0.0.1:5000/fixtures/debian:bookworm@{d}"));
+        assert_eq!(
+            pinned.to_string(),
+            format!("127.0.0.1:5000/fixtures/debian:bookworm@{d}")
+        );
     }
 
     #[test]
     fn rejects_malformed() {
-        for bad in ["", "UPPER/case", "a:b:c", "busybox@sha256:123", "busybox@md5:abcd", "-x"] {
+        for bad in [
+            "",
+            "UPPER/case",
+            "a:b:c",
+            "busybox@sha256:123",
+            "busybox@md5:abcd",
+            "-x",
+        ] {
             assert!(bad.parse::<ImageReference>().is_err(), "{bad}");
         }
     }

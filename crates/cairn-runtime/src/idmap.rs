@@ -41,8 +41,13 @@ impl IdMapping {
     pub fn detect() -> IdMapping {
         let uid = nix::unistd::getuid().as_raw();
         let gid = nix::unistd::getgid().as_raw();
-        let name = nix::unistd::User::from_uid(uid.into()).ok().flatten().map(|u| u.name);
-        let tools = ["newuidmap", "newgidmap"].iter().all(|t| find_in_path(t).is_some());
+        let name = nix::unistd::User::from_uid(uid.into())
+            .ok()
+            .flatten()
+            .map(|u| u.name);
+        let tools = ["newuidmap", "newgidmap"]
+            .iter()
+            .all(|t| find_in_path(t).is_some());
         let sub = |file: &str| -> Option<(u32, u32)> {
             let text = std::fs::read_to_string(file).ok()?;
             subordinate_range(&text, name.as_deref(), uid)
@@ -50,12 +55,28 @@ impl IdMapping {
         match (tools, sub("/etc/subuid"), sub("/etc/subgid")) {
             (true, Some((us, uc)), Some((gs, gc))) => IdMapping::Full {
                 uids: vec![
-                    IdRange { inside: 0, host: uid, count: 1 },
-                    IdRange { inside: 1, host: us, count: uc },
+                    IdRange {
+                        inside: 0,
+                        host: uid,
+                        count: 1,
+                    },
+                    IdRange {
+                        inside: 1,
+                        host: us,
+                        count: uc,
+                    },
                 ],
                 gids: vec![
-                    IdRange { inside: 0, host: gid, count: 1 },
-                    IdRange { inside: 1, host: gs, count: gc },
+                    IdRange {
+                        inside: 0,
+                        host: gid,
+                        count: 1,
+                    },
+                    IdRange {
+                        inside: 1,
+                        host: gs,
+                        count: gc,
+                    },
                 ],
             },
             _ => IdMapping::Single { uid, gid },
@@ -117,12 +138,19 @@ impl fmt::Display for IdMapping {
 fn run_map_tool(tool: &'static str, pid: u32, ranges: &[IdRange]) -> Result<(), RuntimeError> {
     let mut args = vec![pid.to_string()];
     for r in ranges {
-        args.extend([r.inside.to_string(), r.host.to_string(), r.count.to_string()]);
+        args.extend([
+            r.inside.to_string(),
+            r.host.to_string(),
+            r.count.to_string(),
+        ]);
     }
     let out = std::process::Command::new(tool)
         .args(&args)
         .output()
-        .map_err(|source| RuntimeError::Spawn { program: tool.to_owned(), source })?;
+        .map_err(|source| RuntimeError::Spawn {
+            program: tool.to_owned(),
+            source,
+        })?;
     if !out.status.success() {
         return Err(RuntimeError::MapRefused {
             tool,
@@ -162,8 +190,14 @@ mod tests {
     #[test]
     fn reads_subordinate_ranges_by_name_or_uid() {
         let text = "alice:100000:65536\n# comment\n1001:200000:1000\nbob:0:0\n";
-        assert_eq!(subordinate_range(text, Some("alice"), 1000), Some((100000, 65536)));
-        assert_eq!(subordinate_range(text, Some("carol"), 1001), Some((200000, 1000)));
+        assert_eq!(
+            subordinate_range(text, Some("alice"), 1000),
+            Some((100000, 65536))
+        );
+        assert_eq!(
+            subordinate_range(text, Some("carol"), 1001),
+            Some((200000, 1000))
+        );
         assert_eq!(subordinate_range(text, Some("bob"), 1002), None);
         assert_eq!(subordinate_range(text, None, 4), None);
     }
@@ -171,8 +205,16 @@ mod tests {
     #[test]
     fn displays_mappings() {
         let m = IdMapping::Full {
-            uids: vec![IdRange { inside: 0, host: 1000, count: 1 }],
-            gids: vec![IdRange { inside: 0, host: 1000, count: 1 }],
+            uids: vec![IdRange {
+                inside: 0,
+                host: 1000,
+                count: 1,
+            }],
+            gids: vec![IdRange {
+                inside: 0,
+                host: 1000,
+                count: 1,
+            }],
         };
         assert_eq!(m.to_string(), "uids 0->1000+1, gids 0->1000+1");
     }

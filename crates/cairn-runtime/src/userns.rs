@@ -81,7 +81,9 @@ pub fn spawn_in_user_namespace(
     let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
     let handshake = |reason: String| RuntimeError::Handshake { pid, reason };
     let mut line = String::new();
-    stdout.read_line(&mut line).map_err(|e| handshake(e.to_string()))?;
+    stdout
+        .read_line(&mut line)
+        .map_err(|e| handshake(e.to_string()))?;
     if line.trim() != READY {
         let _ = child.kill();
         let _ = child.wait();
@@ -99,5 +101,9 @@ pub fn spawn_in_user_namespace(
     }
     writeln!(stdin, "{MAPPED}").map_err(|e| handshake(e.to_string()))?;
     debug!(pid, %mapping, "user namespace helper started");
-    Ok(UsernsChild { child, stdin, stdout })
+    Ok(UsernsChild {
+        child,
+        stdin,
+        stdout,
+    })
 }

@@ -44,7 +44,9 @@ pub struct Mount {
 impl Mount {
     /// The value of a `name=value` option.
     pub fn option(&self, name: &str) -> Option<&str> {
-        self.options.iter().find_map(|o| o.strip_prefix(name)?.strip_prefix('='))
+        self.options
+            .iter()
+            .find_map(|o| o.strip_prefix(name)?.strip_prefix('='))
     }
 
     /// The directory writes go to, if the mount is writable: the overlay upper directory or

@@ -133,7 +133,9 @@ fn lock_dir(path: &Path) -> std::io::Result<Flock<File>> {
 }
 
 fn now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 impl OverlaySnapshotter {
@@ -150,7 +152,10 @@ impl OverlaySnapshotter {
             path: root.to_owned(),
             source,
         })?;
-        let db_err = |source| SnapshotError::Database { path: db_path.to_owned(), source };
+        let db_err = |source| SnapshotError::Database {
+            path: db_path.to_owned(),
+            source,
+        };
         let conn = open_database(db_path).map_err(db_err)?;
         conn.execute_batch(SCHEMA).map_err(db_err)?;
         Ok(OverlaySnapshotter {
@@ -163,7 +168,10 @@ impl OverlaySnapshotter {
     }
 
     fn db_err(&self) -> impl Fn(rusqlite::Error) -> SnapshotError + '_ {
-        |source| SnapshotError::Database { path: self.db_path.clone(), source }
+        |source| SnapshotError::Database {
+            path: self.db_path.clone(),
+            source,
+        }
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -213,9 +221,10 @@ impl OverlaySnapshotter {
         let mut out = Vec::new();
         while let Some(id) = parent {
             out.push(id);
-            parent = conn.query_row("SELECT parent_id FROM snapshots WHERE id = ?1", [id], |r| {
-                r.get(0)
-            })?;
+            parent =
+                conn.query_row("SELECT parent_id FROM snapshots WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })?;
         }
         Ok(out)
     }
@@ -237,8 +246,10 @@ impl OverlaySnapshotter {
     fn mounts_for(&self, conn: &Connection, row: &Row) -> Result<Vec<Mount>, SnapshotError> {
         let parents = Self::ancestors(conn, row.parent_id).map_err(self.db_err())?;
         let lowerdir = || {
-            let dirs: Vec<String> =
-                parents.iter().map(|&p| self.fs_dir(p).display().to_string()).collect();
+            let dirs: Vec<String> = parents
+                .iter()
+                .map(|&p| self.fs_dir(p).display().to_string())
+                .collect();
             format!("lowerdir={}", dirs.join(":"))
         };
         let mut options = Vec::new();
@@ -252,10 +263,17 @@ impl OverlaySnapshotter {
                 if self.config.userxattr {
                     options.push("userxattr".into());
                 }
-                options.push(format!("workdir={}", self.dir(row.id).join("work").display()));
+                options.push(format!(
+                    "workdir={}",
+                    self.dir(row.id).join("work").display()
+                ));
                 options.push(format!("upperdir={}", self.fs_dir(row.id).display()));
                 options.push(lowerdir());
-                Mount { kind: "overlay".into(), source: "overlay".into(), options }
+                Mount {
+                    kind: "overlay".into(),
+                    source: "overlay".into(),
+                    options,
+                }
             }
             (Kind::View, 0) => Mount {
                 kind: "bind".into(),
@@ -273,7 +291,11 @@ impl OverlaySnapshotter {
                     options.push("userxattr".into());
                 }
                 options.push(lowerdir());
-                Mount { kind: "overlay".into(), source: "overlay".into(), options }
+                Mount {
+                    kind: "overlay".into(),
+                    source: "overlay".into(),
+                    options,
+                }
             }
             (Kind::Committed, _) => {
                 return Err(SnapshotError::Precondition {
@@ -295,16 +317,23 @@ impl OverlaySnapshotter {
     ) -> Result<Vec<Mount>, SnapshotError> {
         let io = |action, path: &Path| {
             let path = path.to_owned();
-            move |source| SnapshotError::Io { action, path, source }
+            move |source| SnapshotError::Io {
+                action,
+                path,
+                source,
+            }
         };
         // Build the directory under a temporary name, locked so cleaners leave it alone.
-        let temp = self.root.join(format!("new-{:016x}", rand::random::<u64>()));
+        let temp = self
+            .root
+            .join(format!("new-{:016x}", rand::random::<u64>()));
         fs::create_dir(&temp).map_err(io("create snapshot directory", &temp))?;
         let _lock = lock_dir(&temp).map_err(io("lock snapshot directory", &temp))?;
         let result = (|| {
             fs::create_dir(temp.join("fs")).map_err(io("create snapshot directory", &temp))?;
             if kind == Kind::Active {
-                fs::create_dir(temp.join("work")).map_err(io("create snapshot directory", &temp))?;
+                fs::create_dir(temp.join("work"))
+                    .map_err(io("create snapshot directory", &temp))?;
             }
             let mut conn = self.conn();
             let tx = conn
@@ -376,7 +405,11 @@ impl OverlaySnapshotter {
     pub fn cleanup(&self) -> Result<usize, SnapshotError> {
         let io = |action, path: &Path| {
             let path = path.to_owned();
-            move |source| SnapshotError::Io { action, path, source }
+            move |source| SnapshotError::Io {
+                action,
+                path,
+                source,
+            }
         };
         let mut doomed = Vec::new();
         let entries = fs::read_dir(&self.root).map_err(io("list snapshots", &self.root))?;
@@ -406,7 +439,9 @@ impl OverlaySnapshotter {
                 .map_err(self.db_err())?;
             for (id, path) in numbered {
                 if !known.contains(&id) {
-                    let grave = self.root.join(format!("removed-{id}-{:08x}", rand::random::<u32>()));
+                    let grave = self
+                        .root
+                        .join(format!("removed-{id}-{:08x}", rand::random::<u32>()));
                     fs::rename(&path, &grave).map_err(io("rename orphaned snapshot", &path))?;
                     doomed.push(grave);
                 }
@@ -416,7 +451,9 @@ impl OverlaySnapshotter {
         let count = doomed.len();
         for path in doomed {
             debug!(path = %path.display(), "removing leftover snapshot directory");
-            self.remover.remove_tree(&path).map_err(io("remove leftover snapshot", &path))?;
+            self.remover
+                .remove_tree(&path)
+                .map_err(io("remove leftover snapshot", &path))?;
         }
         Ok(count)
     }
@@ -465,7 +502,10 @@ impl Snapshotter for OverlaySnapshotter {
         if row.kind != Kind::Active {
             return Err(SnapshotError::Precondition {
                 name: key.to_owned(),
-                reason: format!("only an active snapshot can be committed, this is {}", row.kind.as_str()),
+                reason: format!(
+                    "only an active snapshot can be committed, this is {}",
+                    row.kind.as_str()
+                ),
             });
         }
         if Self::row(&tx, name).map_err(self.db_err())?.is_some() {
@@ -476,7 +516,11 @@ impl Snapshotter for OverlaySnapshotter {
         merged.extend(labels.iter().map(|(k, v)| (k.clone(), v.clone())));
         tx.execute(
             "UPDATE snapshots SET name = ?1, kind = 'committed', labels = ?2 WHERE id = ?3",
-            params![name, serde_json::to_string(&merged).expect("labels serialise"), row.id],
+            params![
+                name,
+                serde_json::to_string(&merged).expect("labels serialise"),
+                row.id
+            ],
         )
         .map_err(self.db_err())?;
         tx.commit().map_err(self.db_err())?;
@@ -502,9 +546,11 @@ impl Snapshotter for OverlaySnapshotter {
                 .map_err(self.db_err())?
                 .ok_or_else(|| SnapshotError::NotFound(key.to_owned()))?;
             let children: i64 = tx
-                .query_row("SELECT count(*) FROM snapshots WHERE parent_id = ?1", [row.id], |r| {
-                    r.get(0)
-                })
+                .query_row(
+                    "SELECT count(*) FROM snapshots WHERE parent_id = ?1",
+                    [row.id],
+                    |r| r.get(0),
+                )
                 .map_err(self.db_err())?;
             if children > 0 {
                 return Err(SnapshotError::Precondition {
@@ -512,14 +558,21 @@ impl Snapshotter for OverlaySnapshotter {
                     reason: format!("{children} snapshot(s) are built on it"),
                 });
             }
-            tx.execute("DELETE FROM snapshots WHERE id = ?1", [row.id]).map_err(self.db_err())?;
+            tx.execute("DELETE FROM snapshots WHERE id = ?1", [row.id])
+                .map_err(self.db_err())?;
             let dir = self.dir(row.id);
-            grave = self.root.join(format!("removed-{}-{:08x}", row.id, rand::random::<u32>()));
+            grave = self
+                .root
+                .join(format!("removed-{}-{:08x}", row.id, rand::random::<u32>()));
             match fs::rename(&dir, &grave) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(source) => {
-                    return Err(SnapshotError::Io { action: "rename snapshot", path: dir, source })
+                    return Err(SnapshotError::Io {
+                        action: "rename snapshot",
+                        path: dir,
+                        source,
+                    })
                 }
             }
             tx.commit().map_err(self.db_err())?;
@@ -609,9 +662,15 @@ mod tests {
         let upper = m[0].writable_dir().unwrap();
         fs::write(upper.join("a"), "1").unwrap();
         s.commit("layer-1", "extract-1", &labels()).unwrap();
-        assert!(matches!(s.stat("extract-1"), Err(SnapshotError::NotFound(_))));
+        assert!(matches!(
+            s.stat("extract-1"),
+            Err(SnapshotError::NotFound(_))
+        ));
         assert_eq!(s.stat("layer-1").unwrap().kind, Kind::Committed);
-        assert!(matches!(s.mounts("layer-1"), Err(SnapshotError::Precondition { .. })));
+        assert!(matches!(
+            s.mounts("layer-1"),
+            Err(SnapshotError::Precondition { .. })
+        ));
 
         // A second layer: an overlay whose lower is the first.
         let m = s.prepare("extract-2", Some("layer-1"), &labels()).unwrap();
@@ -634,8 +693,14 @@ mod tests {
         ));
 
         // Names are unique; parents must exist and be committed.
-        assert!(matches!(s.prepare("view-1", None, &labels()), Err(SnapshotError::AlreadyExists(_))));
-        assert!(matches!(s.prepare("k", Some("nope"), &labels()), Err(SnapshotError::NotFound(_))));
+        assert!(matches!(
+            s.prepare("view-1", None, &labels()),
+            Err(SnapshotError::AlreadyExists(_))
+        ));
+        assert!(matches!(
+            s.prepare("k", Some("nope"), &labels()),
+            Err(SnapshotError::NotFound(_))
+        ));
         s.prepare("active", None, &labels()).unwrap();
         assert!(matches!(
             s.prepare("k", Some("active"), &labels()),
@@ -645,7 +710,10 @@ mod tests {
         assert!(matches!(err, SnapshotError::AlreadyExists(_)), "{err}");
 
         // A parent cannot go while children stand on it.
-        assert!(matches!(s.remove("layer-1"), Err(SnapshotError::Precondition { .. })));
+        assert!(matches!(
+            s.remove("layer-1"),
+            Err(SnapshotError::Precondition { .. })
+        ));
         s.remove("view-1").unwrap();
         s.remove("view-2").unwrap();
         s.remove("layer-2").unwrap();
@@ -684,8 +752,11 @@ mod tests {
         fs::create_dir_all(root.join("4242/fs")).unwrap();
         // A live creator's temp dir is locked and must survive.
         fs::create_dir(root.join("new-live")).unwrap();
-        let _live = Flock::lock(File::open(root.join("new-live")).unwrap(), FlockArg::LockExclusive)
-            .unwrap();
+        let _live = Flock::lock(
+            File::open(root.join("new-live")).unwrap(),
+            FlockArg::LockExclusive,
+        )
+        .unwrap();
         assert_eq!(s.cleanup().unwrap(), 3);
         assert!(root.join("new-live").exists());
         assert!(m[0].writable_dir().unwrap().exists());
@@ -698,7 +769,10 @@ mod tests {
         let a = overlay(dir.path());
         let b = overlay(dir.path());
         a.prepare("k", None, &labels()).unwrap();
-        assert!(matches!(b.prepare("k", None, &labels()), Err(SnapshotError::AlreadyExists(_))));
+        assert!(matches!(
+            b.prepare("k", None, &labels()),
+            Err(SnapshotError::AlreadyExists(_))
+        ));
         b.commit("n", "k", &labels()).unwrap();
         assert_eq!(a.stat("n").unwrap().kind, Kind::Committed);
     }
