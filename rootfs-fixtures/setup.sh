@@ -20,8 +20,7 @@ REPO=$(dirname "$HERE")
 FX=${CAIRN_FIXTURES_DIR:-$REPO/.fixtures}
 PORT=${CAIRN_TEST_REGISTRY_PORT:-5117}
 DEBIAN_MIRROR=${CAIRN_DEBIAN_MIRROR:-http://deb.debian.org/debian}
-PY=/usr/bin/python3
-[ -x "$PY" ] || PY=python3
+PY=/usr/bin/python3  # Debian's, installed by ensure_packages if missing
 USER_NAME=cairn
 PASSWORD=s3cret
 SERVICE=cairn-test
@@ -43,6 +42,9 @@ esac
   die "CAIRN_TEST_REGISTRY_PORT must be in 1024..65530 (five ports are used), got $PORT"
 P_PLAIN=$PORT P_BASIC=$((PORT + 1)) P_TOKEN=$((PORT + 2)) P_REALM=$((PORT + 3)) P_CORRUPT=$((PORT + 4))
 
+case "${1:-up}" in
+  stop|status) [ -d "$FX" ] || { echo "no fixtures dir $FX: nothing started" >&2; exit 0; } ;;
+esac
 mkdir -p "$FX" || die "cannot create fixtures dir $FX"
 FX=$(cd "$FX" && pwd)
 # env values are written unquoted and skopeo parses oci:DIR:TAG, so keep the
@@ -155,7 +157,8 @@ svc_ensure() {
   fi
   rm -f "$RUN/$name.pid"
   if fxtool port-open "$HOST" "$port"; then
-    die "port $port is in use by a process this fixtures dir did not start; stop it or set CAIRN_TEST_REGISTRY_PORT"
+    die "port $port is in use by a process this fixtures dir did not start; stop it or set CAIRN_TEST_REGISTRY_PORT (a registry left over from a deleted fixtures dir?)
+$(ss -Hltnp "sport = :$port" 2>/dev/null)"
   fi
   say "starting $name on $HOST:$port (log: $LOGS/$name.log)"
   printf '%s\n' "$marker" >"$RUN/$name.marker"
@@ -466,11 +469,15 @@ case "$cmd" in
     ;;
   stop)
     shopt -s nullglob
-    for f in "$RUN"/*.pid; do n=${f##*/}; svc_stop "${n%.pid}"; done
+    pids=("$RUN"/*.pid)
+    [ ${#pids[@]} -gt 0 ] || say "nothing to stop in $FX"
+    for f in "${pids[@]}"; do n=${f##*/}; svc_stop "${n%.pid}"; done
     ;;
   status)
     shopt -s nullglob
-    for f in "$RUN"/*.pid; do
+    pids=("$RUN"/*.pid)
+    [ ${#pids[@]} -gt 0 ] || echo "nothing started from $FX"
+    for f in "${pids[@]}"; do
       n=${f##*/} n=${n%.pid}
       if pid=$(svc_pid "$n"); then echo "$n: running (pid $pid)"; else echo "$n: not running"; fi
     done

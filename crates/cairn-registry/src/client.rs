@@ -53,9 +53,10 @@ pub struct ResolvedImage {
     pub manifest: oci_spec::image::ImageManifest,
     /// When the reference named an index or manifest list: its digest and raw bytes.
     pub index: Option<(Digest, Bytes)>,
-    /// The platform of the index entry chosen; `None` when the reference named a single
-    /// manifest, whose platform only its image config tells.
-    pub platform: Option<Platform>,
+    /// The image config (`manifest.config()`), digest-verified.
+    pub config_bytes: Bytes,
+    /// The image's platform, as its config states it; it matches the configured platform.
+    pub platform: Platform,
 }
 
 /// A client for the pull side of the OCI distribution API.
@@ -116,6 +117,9 @@ impl RegistryClient {
     /// digest checked (against the reference's digest when it has one) and its size capped at
     /// [`MAX_MANIFEST_SIZE`]. An index or manifest list is resolved to the entry that best
     /// matches the platform, which is then fetched by digest and verified the same way.
+    /// Finally the image config is fetched and verified, and the platform it states checked
+    /// against the configured one: a single-platform image for another platform is refused
+    /// with [`RegistryError::NoMatchingPlatform`], as an index without a matching entry is.
     pub async fn resolve(
         &self,
         reference: &ImageReference,
@@ -132,8 +136,8 @@ impl RegistryClient {
         let (bytes, digest) = self.fetch_manifest(&host, reference).await?;
         let name = reference.to_string();
         let (kind, media_type) = manifest::sniff(&bytes, &name)?;
-        let (index, platform, image_ref, bytes, digest, media_type) = match kind {
-            ManifestKind::Image => (None, None, reference.clone(), bytes, digest, media_type),
+        let (index, image_ref, bytes, digest, media_type) = match kind {
+            ManifestKind::Image => (None, reference.clone(), bytes, digest, media_type),
             ManifestKind::Index => {
                 let selected =
                     manifest::select_platform(&bytes, &self.inner.config.platform, &name)?;
@@ -149,7 +153,6 @@ impl RegistryClient {
                 }
                 (
                     Some((digest, bytes)),
-                    Some(selected.platform),
                     child,
                     child_bytes,
                     child_digest,
@@ -157,8 +160,27 @@ impl RegistryClient {
                 )
             }
         };
-        let manifest = manifest::parse_image(&bytes, &image_ref.to_string())?;
-        debug!(digest = %digest, layers = manifest.layers().len(), "resolved");
+        let image_name = image_ref.to_string();
+        let manifest = manifest::parse_image(&bytes, &image_name)?;
+        let config = manifest.config();
+        let config_digest: Digest =
+            config
+                .digest()
+                .as_ref()
+                .parse()
+                .map_err(|e| RegistryError::InvalidManifest {
+                    reference: image_name.clone(),
+                    reason: format!("config: {e}"),
+                })?;
+        let config_bytes = self
+            .fetch_blob_bytes(&image_ref, &config_digest, config.size())
+            .await?;
+        let platform = manifest::check_config_platform(
+            &config_bytes,
+            &self.inner.config.platform,
+            &image_name,
+        )?;
+        debug!(digest = %digest, platform = %platform, layers = manifest.layers().len(), "resolved");
         Ok(ResolvedImage {
             reference: reference.clone(),
             manifest_digest: digest,
@@ -166,6 +188,7 @@ impl RegistryClient {
             manifest_bytes: bytes,
             manifest,
             index,
+            config_bytes,
             platform,
         })
     }

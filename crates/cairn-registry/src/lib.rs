@@ -3,17 +3,16 @@
 //! Docker's `config.json`, digest verification of everything received, and retries with
 //! resumption on transient failures.
 //!
-//! Pulling an image goes in three steps, each verified before the next trusts it:
+//! Pulling an image goes in two steps, each verified before the next trusts it:
 //!
 //! 1. [`RegistryClient::resolve`] fetches the manifest the reference names. If it is an index
 //!    (or a Docker manifest list) the entry for the configured [`Platform`](cairn_oci::Platform)
 //!    is picked and its manifest fetched by digest. Every manifest's bytes are hashed here,
 //!    not trusted from headers, and every layer's media type is checked to be one cairn can
-//!    unpack.
-//! 2. [`RegistryClient::fetch_blob_bytes`] fetches the image config named by
-//!    `manifest.config()`, size-capped and verified.
-//! 3. [`RegistryClient::fetch_blob`] streams each layer into a [`BlobSink`] (the content
-//!    store's ingest), resuming with `Range` requests when the connection breaks.
+//!    unpack. The image config is fetched too, verified, and its platform checked.
+//! 2. [`RegistryClient::fetch_blob`] streams each layer into a [`BlobSink`] (the content
+//!    store's ingest), resuming with `Range` requests when the connection breaks, and checks
+//!    its size and digest.
 //!
 //! ```no_run
 //! use cairn_registry::{RegistryClient, RegistryConfig};
@@ -21,10 +20,7 @@
 //! let client = RegistryClient::new(RegistryConfig::from_env());
 //! let reference = "127.0.0.1:5000/fixtures/busybox:latest".parse()?;
 //! let image = client.resolve(&reference).await?;
-//! let config = image.manifest.config();
-//! let config_bytes = client
-//!     .fetch_blob_bytes(&reference, &config.digest().as_ref().parse()?, config.size())
-//!     .await?;
+//! println!("{} for {}: {} bytes of config", image.manifest_digest, image.platform, image.config_bytes.len());
 //! for layer in image.manifest.layers() {
 //!     let mut data = Vec::new();
 //!     let digest = layer.digest().as_ref().parse()?;
@@ -32,7 +28,6 @@
 //!         eprintln!("{digest}: {n} bytes");
 //!     }).await?;
 //! }
-//! # let _ = config_bytes;
 //! # Ok(())
 //! # }
 //! ```

@@ -193,6 +193,40 @@ pub(crate) fn parse_image(bytes: &[u8], reference: &str) -> Result<ImageManifest
     Ok(manifest)
 }
 
+/// The platform fields of an image config.
+#[derive(Deserialize)]
+struct ConfigPlatform {
+    os: String,
+    architecture: String,
+    variant: Option<String>,
+}
+
+/// Reads the platform an image config states and checks that it serves `want`.
+pub(crate) fn check_config_platform(
+    config: &[u8],
+    want: &Platform,
+    reference: &str,
+) -> Result<Platform, RegistryError> {
+    let c: ConfigPlatform =
+        serde_json::from_slice(config).map_err(|e| RegistryError::InvalidManifest {
+            reference: reference.to_owned(),
+            reason: format!("image config: {e}"),
+        })?;
+    let have = Platform {
+        os: c.os,
+        architecture: c.architecture,
+        variant: c.variant.filter(|v| !v.is_empty()),
+    };
+    match want.match_score(&have.os, &have.architecture, have.variant.as_deref()) {
+        Some(_) => Ok(have),
+        None => Err(RegistryError::NoMatchingPlatform {
+            reference: reference.to_owned(),
+            platform: want.to_string(),
+            available: vec![have.to_string()],
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -337,6 +371,23 @@ mod tests {
             sniff(b"<html>", R),
             Err(RegistryError::InvalidManifest { .. })
         ));
+    }
+
+    #[test]
+    fn config_platform() {
+        let cfg = br#"{"architecture": "arm64", "os": "linux", "variant": "v8", "rootfs": {}}"#;
+        let arm = check_config_platform(cfg, &platform("linux", "arm64", Some("v8")), R).unwrap();
+        assert_eq!(arm, platform("linux", "arm64", Some("v8")));
+        let err = check_config_platform(cfg, &platform("linux", "amd64", None), R).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("{R} has no image for platform linux/amd64 (available: linux/arm64/v8)")
+        );
+        let err = check_config_platform(b"{}", &platform("linux", "amd64", None), R).unwrap_err();
+        assert!(
+            matches!(err, RegistryError::InvalidManifest { .. }),
+            "{err}"
+        );
     }
 
     fn image(config_type: &str, layer_type: &str) -> Vec<u8> {

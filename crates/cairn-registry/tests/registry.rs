@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use cairn_oci::{media_types, Digest, ImageReference, LayerCompression, Platform};
-use cairn_registry::{ErrorKind, RegistryClient, RegistryConfig, RegistryError, RetryPolicy};
+use cairn_registry::{
+    ErrorKind, RegistryClient, RegistryConfig, RegistryError, ResolvedImage, RetryPolicy,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -26,8 +28,11 @@ struct Fixtures {
     token: String,
     user: String,
     password: String,
-    /// Registry serving `fixtures/corrupt:latest`, whose layer blob is corrupted.
+    /// Registry serving `fixtures/corrupt:latest` and `:uncompressed`, whose layers include
+    /// corrupted blobs.
     corrupt: String,
+    /// The digests of the corrupted blobs.
+    corrupt_blobs: Vec<Digest>,
 }
 
 fn env_file() -> PathBuf {
@@ -54,6 +59,14 @@ fn parse_env(text: &str) -> HashMap<String, String> {
 }
 
 fn fixtures() -> Fixtures {
+    // Logs (retry warnings) go to the test's captured output.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "cairn_registry=debug".into()),
+        )
+        .with_test_writer()
+        .try_init();
     let file = std::fs::read_to_string(env_file())
         .map(|t| parse_env(&t))
         .unwrap_or_default();
@@ -76,6 +89,12 @@ fn fixtures() -> Fixtures {
         user: get("CAIRN_TEST_REGISTRY_USER"),
         password: get("CAIRN_TEST_REGISTRY_PASSWORD"),
         corrupt: get("CAIRN_TEST_REGISTRY_CORRUPT"),
+        corrupt_blobs: [
+            "CAIRN_TEST_CORRUPT_GZIP_BLOB",
+            "CAIRN_TEST_CORRUPT_TAR_BLOB",
+        ]
+        .map(|k| get(k).parse().unwrap())
+        .to_vec(),
     }
 }
 
@@ -132,20 +151,23 @@ fn digest_of(d: &oci_spec::image::Digest) -> Digest {
     d.as_ref().parse().unwrap()
 }
 
-/// The image config's `architecture`.
-async fn config_architecture(
-    client: &RegistryClient,
-    r: &ImageReference,
-    m: &oci_spec::image::ImageManifest,
-) -> String {
-    let c = m.config();
+/// The `architecture` of the resolved image's config, checking that it is the config the
+/// manifest names and that fetching it on its own gives the same bytes.
+async fn config_architecture(client: &RegistryClient, image: &ResolvedImage) -> String {
+    let c = image.manifest.config();
+    assert_eq!(
+        Digest::sha256_of(&image.config_bytes),
+        digest_of(c.digest())
+    );
     let bytes = client
-        .fetch_blob_bytes(r, &digest_of(c.digest()), c.size())
+        .fetch_blob_bytes(&image.reference, &digest_of(c.digest()), c.size())
         .await
         .unwrap();
-    assert_eq!(Digest::sha256_of(&bytes), digest_of(c.digest()));
+    assert_eq!(bytes, image.config_bytes);
     let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-    json["architecture"].as_str().unwrap().to_owned()
+    let arch = json["architecture"].as_str().unwrap().to_owned();
+    assert_eq!(arch, image.platform.architecture);
+    arch
 }
 
 /// Fetches every layer of `m` and checks size, digest and progress reports.
@@ -190,6 +212,8 @@ async fn resolves_every_fixture_image() {
             Some(media_types::DOCKER_MANIFEST),
             true,
         ),
+        ("fixtures/busybox:uncompressed", None, false),
+        ("fixtures/busybox:config", None, false),
         ("fixtures/layers:latest", None, false),
         ("fixtures/layers:zstd", None, false),
         ("fixtures/debian:bookworm", None, false),
@@ -212,13 +236,13 @@ async fn resolves_every_fixture_image() {
         match (&image.index, is_index) {
             (Some((digest, bytes)), true) => {
                 assert_eq!(Digest::sha256_of(bytes), *digest, "{name}");
-                assert_eq!(image.platform, Some(platform("amd64", None)), "{name}");
             }
-            (None, false) => assert_eq!(image.platform, None, "{name}"),
+            (None, false) => {}
             (index, _) => panic!("{name}: index {index:?}"),
         }
+        assert_eq!(image.platform, platform("amd64", None), "{name}");
         assert_eq!(
-            config_architecture(&client, &r, &image.manifest).await,
+            config_architecture(&client, &image).await,
             "amd64",
             "{name}"
         );
@@ -274,9 +298,9 @@ async fn index_picks_the_configured_platform() {
             b.manifest.config().digest(),
             "{name}"
         );
-        assert_eq!(b.platform.as_ref().unwrap().architecture, "arm64");
-        assert_eq!(config_architecture(&amd, &r, &a.manifest).await, "amd64");
-        assert_eq!(config_architecture(&arm, &r, &b.manifest).await, "arm64");
+        assert_eq!(b.platform, platform("arm64", Some("v8")));
+        assert_eq!(config_architecture(&amd, &a).await, "amd64");
+        assert_eq!(config_architecture(&arm, &b).await, "arm64");
 
         let s390 = RegistryClient::new(RegistryConfig {
             platform: platform("s390x", None),
@@ -295,6 +319,31 @@ async fn index_picks_the_configured_platform() {
         }
         assert_eq!(err.kind(), ErrorKind::Unsupported);
     }
+}
+
+#[tokio::test]
+async fn single_platform_image_for_another_platform_is_refused() {
+    let f = fixtures();
+    let r = reference(&f.registry, "fixtures/busybox:arm64-only");
+    let err = client().resolve(&r).await.unwrap_err();
+    match &err {
+        RegistryError::NoMatchingPlatform {
+            platform,
+            available,
+            ..
+        } => {
+            assert_eq!(platform, "linux/amd64");
+            assert_eq!(available, &["linux/arm64/v8"]);
+        }
+        other => panic!("{other}"),
+    }
+    let arm = RegistryClient::new(RegistryConfig {
+        platform: platform("arm64", Some("v8")),
+        ..config()
+    });
+    let image = arm.resolve(&r).await.unwrap();
+    assert!(image.index.is_none());
+    assert_eq!(image.platform, platform("arm64", Some("v8")));
 }
 
 #[tokio::test]
@@ -380,36 +429,55 @@ async fn basic_and_token_auth() {
 async fn corrupt_blob_is_a_digest_mismatch() {
     let f = fixtures();
     let client = client();
-    let r = reference(&f.corrupt, "fixtures/corrupt:latest");
-    let image = client.resolve(&r).await.unwrap();
-    let layer = &image.manifest.layers()[0];
-    let digest = digest_of(layer.digest());
-    let mut data = Vec::new();
-    let err = client
-        .fetch_blob(&r, &digest, layer.size(), &mut data, &|_| {})
-        .await
-        .unwrap_err();
-    match &err {
-        RegistryError::DigestMismatch {
-            registry,
-            digest: d,
-            actual,
-            ..
-        } => {
-            assert_eq!(registry, &f.corrupt);
-            assert_eq!(d, &digest);
-            assert_ne!(actual, &digest);
+    let mut seen = Vec::new();
+    for name in ["fixtures/corrupt:latest", "fixtures/corrupt:uncompressed"] {
+        let r = reference(&f.corrupt, name);
+        let image = client
+            .resolve(&r)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        for layer in image.manifest.layers() {
+            let digest = digest_of(layer.digest());
+            let mut data = Vec::new();
+            let result = client
+                .fetch_blob(&r, &digest, layer.size(), &mut data, &|_| {})
+                .await;
+            if !f.corrupt_blobs.contains(&digest) {
+                result.unwrap_or_else(|e| panic!("{name}: intact layer {digest}: {e}"));
+                continue;
+            }
+            seen.push(digest.clone());
+            let err = result.expect_err("corrupt blob accepted");
+            match &err {
+                RegistryError::DigestMismatch {
+                    registry,
+                    digest: d,
+                    actual,
+                    ..
+                } => {
+                    assert_eq!(registry, &f.corrupt);
+                    assert_eq!(d, &digest);
+                    assert_eq!(actual, &Digest::sha256_of(&data));
+                }
+                other => panic!("{name}: {other}"),
+            }
+            assert_eq!(err.kind(), ErrorKind::Corrupt);
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "registry {} served blob {digest} with digest {} (corrupt or lying registry)",
+                    f.corrupt,
+                    Digest::sha256_of(&data)
+                )
+            );
         }
-        other => panic!("{other}"),
     }
-    assert_eq!(err.kind(), ErrorKind::Corrupt);
+    seen.sort();
+    let mut want = f.corrupt_blobs.clone();
+    want.sort();
     assert_eq!(
-        err.to_string(),
-        format!(
-            "registry {} served blob {digest} with digest {} (corrupt or lying registry)",
-            f.corrupt,
-            Digest::sha256_of(&data)
-        )
+        seen, want,
+        "every corrupted blob is a layer of a corrupt image"
     );
 }
 
@@ -483,9 +551,10 @@ async fn closed_port_is_unreachable_after_retries() {
     assert!(!msg.contains('\n'), "{msg}");
 }
 
-/// A TCP proxy in front of a registry that cuts the response to the first blob request after
-/// `cut_after` bytes, and can strip `Range` headers so the registry answers every resumption
-/// with the whole blob.
+/// A TCP proxy in front of a registry that records the requests passing, can answer the first
+/// connections with `503 Service Unavailable`, can cut the response to the first blob request
+/// after `cut_after` bytes, and can strip `Range` headers so the registry answers every
+/// resumption with the whole blob.
 struct Proxy {
     addr: SocketAddr,
     state: Arc<ProxyState>,
@@ -495,24 +564,32 @@ struct ProxyState {
     upstream: String,
     cut_after: u64,
     strip_range: bool,
+    /// Connections still to be answered with a 503.
+    fail_connections: AtomicU64,
     /// Whether the one cut is still to be made.
     cut_pending: AtomicBool,
     cuts: AtomicU64,
-    /// Blob requests seen: the request line and the `Range` header, if any.
-    blob_requests: Mutex<Vec<(String, Option<String>)>>,
+    /// Requests seen: the request line and the `Range` header, if any.
+    requests: Mutex<Vec<(String, Option<String>)>>,
 }
 
 impl Proxy {
-    async fn start(upstream: &str, cut_after: u64, strip_range: bool) -> Proxy {
+    async fn start(
+        upstream: &str,
+        cut_after: u64,
+        strip_range: bool,
+        fail_connections: u64,
+    ) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(ProxyState {
             upstream: upstream.to_owned(),
             cut_after,
             strip_range,
+            fail_connections: AtomicU64::new(fail_connections),
             cut_pending: AtomicBool::new(true),
             cuts: AtomicU64::new(0),
-            blob_requests: Mutex::default(),
+            requests: Mutex::default(),
         });
         let s = state.clone();
         tokio::spawn(async move {
@@ -523,7 +600,41 @@ impl Proxy {
         Proxy { addr, state }
     }
 
-    async fn connection(client: TcpStream, state: Arc<ProxyState>) {
+    /// The requests seen whose line contains `pattern`.
+    fn requests(&self, pattern: &str) -> Vec<(String, Option<String>)> {
+        let requests = self.state.requests.lock().unwrap();
+        requests
+            .iter()
+            .filter(|(line, _)| line.contains(pattern))
+            .cloned()
+            .collect()
+    }
+
+    async fn connection(mut client: TcpStream, state: Arc<ProxyState>) {
+        let fail = state
+            .fail_connections
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if fail {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if client.read(&mut byte).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                head.push(byte[0]);
+            }
+            let line = String::from_utf8_lossy(&head)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            state.requests.lock().unwrap().push((line, None));
+            let _ = client
+                .write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .await;
+            return;
+        }
         let Ok(server) = TcpStream::connect(&state.upstream).await else {
             return;
         };
@@ -561,20 +672,17 @@ impl Proxy {
                                 .collect::<Vec<_>>()
                                 .join("\r\n");
                         }
-                        if request_line.contains("/blobs/") {
-                            state
-                                .blob_requests
-                                .lock()
-                                .unwrap()
-                                .push((request_line, range));
-                            if state.cut_pending.swap(false, Ordering::SeqCst) {
-                                // Responses are sequential: every byte from here on belongs
-                                // to this request's response.
-                                cut_at.store(
-                                    passed.load(Ordering::SeqCst) + state.cut_after,
-                                    Ordering::SeqCst,
-                                );
-                            }
+                        let is_blob = request_line.contains("/blobs/");
+                        state.requests.lock().unwrap().push((request_line, range));
+                        if is_blob && state.cut_pending.swap(false, Ordering::SeqCst) {
+                            // Responses are sequential: every byte from here on belongs to
+                            // this request's response.
+                            cut_at.store(
+                                passed
+                                    .load(Ordering::SeqCst)
+                                    .saturating_add(state.cut_after),
+                                Ordering::SeqCst,
+                            );
                         }
                         if server_write.write_all(forwarded.as_bytes()).await.is_err() {
                             return;
@@ -635,7 +743,7 @@ async fn fetch_through_cutting_proxy(strip_range: bool) {
         size > 2 * cut_after,
         "fixture layer too small to cut: {size} bytes"
     );
-    let proxy = Proxy::start(&f.registry, cut_after, strip_range).await;
+    let proxy = Proxy::start(&f.registry, cut_after, strip_range, 0).await;
     let r = reference(&proxy.addr.to_string(), "fixtures/debian:bookworm");
     let client = client();
     let reports = Mutex::new(Vec::new());
@@ -649,7 +757,7 @@ async fn fetch_through_cutting_proxy(strip_range: bool) {
     assert_eq!(data.len() as u64, size);
     assert_eq!(Digest::sha256_of(&data), digest);
     assert_eq!(proxy.state.cuts.load(Ordering::SeqCst), 1);
-    let requests = proxy.state.blob_requests.lock().unwrap().clone();
+    let requests = proxy.requests("/blobs/");
     assert_eq!(requests.len(), 2, "{requests:?}");
     assert_eq!(requests[0].1, None, "first request asks for the whole blob");
     let resumed_at: u64 = requests[1]
@@ -683,4 +791,37 @@ async fn resumes_a_cut_blob_with_a_range_request() {
 #[tokio::test]
 async fn resumes_a_cut_blob_when_the_registry_ignores_range() {
     fetch_through_cutting_proxy(true).await;
+}
+
+#[tokio::test]
+async fn retries_server_errors_but_not_client_errors() {
+    let f = fixtures();
+    // Two 503s, then the registry. oci-client probes `/v2/` before each request to an
+    // anonymous registry and ignores the probe's failure, so the first 503 may go to the
+    // probe rather than the manifest request.
+    let proxy = Proxy::start(&f.registry, u64::MAX, false, 2).await;
+    let r = reference(&proxy.addr.to_string(), "fixtures/busybox:latest");
+    let image = client().resolve(&r).await.unwrap();
+    assert_eq!(proxy.state.fail_connections.load(Ordering::SeqCst), 0);
+    let asked = proxy.requests("/manifests/latest").len();
+    assert!((2..=3).contains(&asked), "{asked} manifest requests");
+    fetch_layers(&client(), &r, &image.manifest).await;
+
+    // Only 503s: the retries run out.
+    let proxy = Proxy::start(&f.registry, u64::MAX, false, 100).await;
+    let r = reference(&proxy.addr.to_string(), "fixtures/busybox:latest");
+    let err = client().resolve(&r).await.unwrap_err();
+    assert!(
+        matches!(err, RegistryError::Unreachable { attempts: 4, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("503"), "{err}");
+    assert_eq!(proxy.requests("/manifests/latest").len(), 4);
+
+    // A 404 is an answer, asked once.
+    let proxy = Proxy::start(&f.registry, u64::MAX, false, 0).await;
+    let r = reference(&proxy.addr.to_string(), "fixtures/busybox:no-such-tag");
+    let err = client().resolve(&r).await.unwrap_err();
+    assert!(matches!(err, RegistryError::NotFound { .. }), "{err}");
+    assert_eq!(proxy.requests("/manifests/").len(), 1);
 }

@@ -79,7 +79,8 @@ pub struct FlattenReport {
     pub bytes: u64,
     /// Device nodes that could not be created (no `CAP_MKNOD`).
     pub skipped_devices: Vec<PathBuf>,
-    /// Files given a `user.rootlesscontainers` record ([`ExportOwnership::Caller`]).
+    /// `user.rootlesscontainers` records written ([`ExportOwnership::Caller`]); a path that a
+    /// higher layer writes again counts again.
     pub recorded_owners: u64,
 }
 
@@ -530,4 +531,407 @@ impl Flattener<'_> {
 struct Target<'f> {
     file: Option<&'f File>,
     path: &'f Path,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apply::tests::{
+        apply_with, attrs, in_child, is_root, run_in_user_namespace, Tar, DEFAULT, DIR,
+    };
+    use std::process::Command;
+
+    fn lstat(p: &Path) -> fs::Metadata {
+        fs::symlink_metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    /// What a reader of the merged tree sees: one line per path, and hard link groups.
+    fn view(root: &Path) -> (BTreeMap<PathBuf, String>, Vec<Vec<PathBuf>>) {
+        let mut out = BTreeMap::new();
+        let mut inodes: BTreeMap<u64, Vec<PathBuf>> = BTreeMap::new();
+        let mut stack = vec![PathBuf::new()];
+        while let Some(rel) = stack.pop() {
+            for entry in fs::read_dir(root.join(&rel)).unwrap() {
+                let rel = rel.join(entry.unwrap().file_name());
+                let path = root.join(&rel);
+                let m = lstat(&path);
+                let ft = m.file_type();
+                let mut desc = format!(
+                    "{:o} {}:{} mtime={}",
+                    m.mode() & 0o7777,
+                    m.uid(),
+                    m.gid(),
+                    m.mtime()
+                );
+                if ft.is_dir() {
+                    desc.insert_str(0, "dir ");
+                    stack.push(rel.clone());
+                } else if ft.is_symlink() {
+                    desc = format!(
+                        "symlink -> {:?} {}:{}",
+                        fs::read_link(&path).unwrap(),
+                        m.uid(),
+                        m.gid()
+                    );
+                } else if ft.is_file() {
+                    desc = format!(
+                        "file {desc} nlink={} {:?}",
+                        m.nlink(),
+                        String::from_utf8_lossy(&fs::read(&path).unwrap())
+                    );
+                    if m.nlink() > 1 {
+                        inodes.entry(m.ino()).or_default().push(rel.clone());
+                    }
+                } else {
+                    desc = format!("special {:o} rdev={} {desc}", m.mode(), m.rdev());
+                }
+                let mut names: Vec<OsString> = xattr::list(&path)
+                    .unwrap()
+                    .filter(|n| !is_overlay_xattr(n.as_bytes()))
+                    .collect();
+                names.sort();
+                for name in names {
+                    desc += &format!(
+                        " {}={:?}",
+                        name.to_string_lossy(),
+                        xattr::get(&path, &name).unwrap().unwrap()
+                    );
+                }
+                out.insert(rel, desc);
+            }
+        }
+        let mut groups: Vec<Vec<PathBuf>> = inodes
+            .into_values()
+            .map(|mut g| {
+                g.sort();
+                g
+            })
+            .collect();
+        groups.sort();
+        (out, groups)
+    }
+
+    /// Three layers exercising whiteouts, opaque directories, type changes and hard links,
+    /// applied as a snapshotter would; returns the layer directories bottom first.
+    fn chain(base: &Path, xattrs: OverlayXattrs) -> Vec<PathBuf> {
+        let layers: Vec<PathBuf> = (1..=3).map(|i| base.join(format!("l{i}"))).collect();
+        for l in &layers {
+            fs::create_dir(l).unwrap();
+        }
+        let l1 = Tar::new()
+            .dir("a/", attrs(0o755, 0, 0, 10))
+            .file("a/f1", b"one", DEFAULT)
+            .file("a/f2", b"two", attrs(0o640, 1000, 1000, 11))
+            .dir("b/", DIR)
+            .file("b/x", b"x", DEFAULT)
+            .dir("c/", DIR)
+            .file("c/keep", b"hidden by opaque", DEFAULT)
+            .dir("c/sub/", DIR)
+            .file("c/sub/deep", b"", DEFAULT)
+            .file("d", b"file d", DEFAULT)
+            .file("link1", b"L", attrs(0o4755, 0, 0, 12))
+            .hardlink("link2", "link1")
+            .dir("e/", attrs(0o700, 1000, 0, 20))
+            .file("e/old", b"old", DEFAULT)
+            .symlink("s", "a", DEFAULT)
+            .dir("ro/", attrs(0o555, 0, 0, 13))
+            .file("ro/f", b"ro", attrs(0o444, 0, 0, 14))
+            .file_x("x", b"", attrs(0o644, 0, 0, 15), &[("user.one", b"1")])
+            .finish();
+        let l2 = Tar::new()
+            .whiteout("a/.wh.f1")
+            .dir("c/", attrs(0o711, 0, 0, 21))
+            .whiteout("c/.wh..wh..opq")
+            .file("c/new", b"new", DEFAULT)
+            .dir("d/", DIR)
+            .file("d/inner", b"", DEFAULT)
+            .symlink("b", "a", DEFAULT)
+            .file("s", b"was a symlink", attrs(0o600, 0, 0, 22))
+            .finish();
+        let l3 = Tar::new()
+            .file("a/f3", b"three", DEFAULT)
+            .hardlink("a/f2link", "a/f2")
+            .whiteout(".wh.d")
+            .dir("e/", attrs(0o750, 1000, 0, 30))
+            .file("e/g", b"g", attrs(0o600, 1234, 5678, 31))
+            .file_x(
+                "e/recorded",
+                b"",
+                attrs(0o644, 9, 9, 32),
+                &[(
+                    rootless_xattr::XATTR_NAME,
+                    &Resource { uid: 42, gid: 43 }.encode(),
+                )],
+            )
+            .dir("b/", DIR)
+            .file("b/y", b"y", DEFAULT)
+            .finish();
+        for (i, tar) in [l1, l2, l3].iter().enumerate() {
+            let lowers: Vec<PathBuf> = layers[..i].iter().rev().cloned().collect();
+            apply_with(tar, &layers[i], &lowers, xattrs).unwrap();
+        }
+        layers
+    }
+
+    #[test]
+    fn flatten_merges_a_chain_as_overlay_shows_it() {
+        if !is_root() {
+            eprintln!("SKIPPED: this test needs real root (owners, trusted.overlay.*, mount)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let layers = chain(dir.path(), OverlayXattrs::Trusted);
+        let dest = dir.path().join("rootfs");
+        let opts = FlattenOptions {
+            xattrs: OverlayXattrs::Trusted,
+            ownership: ExportOwnership::Exact,
+        };
+        let report = flatten(&layers, &dest, &opts).unwrap();
+        assert!(report.skipped_devices.is_empty());
+        assert_eq!(report.recorded_owners, 0);
+
+        let (tree, links) = view(&dest);
+        let paths: Vec<&str> = tree.keys().map(|p| p.to_str().unwrap()).collect();
+        assert_eq!(
+            paths,
+            [
+                "a",
+                "a/f2",
+                "a/f2link",
+                "a/f3",
+                "b",
+                "b/y",
+                "c",
+                "c/new",
+                "e",
+                "e/g",
+                "e/old",
+                "e/recorded",
+                "link1",
+                "link2",
+                "ro",
+                "ro/f",
+                "s",
+                "x"
+            ]
+        );
+        assert_eq!(
+            links,
+            [
+                vec![PathBuf::from("a/f2"), PathBuf::from("a/f2link")],
+                vec![PathBuf::from("link1"), PathBuf::from("link2")]
+            ]
+        );
+        assert_eq!(
+            tree[Path::new("a/f2")],
+            "file 640 1000:1000 mtime=11 nlink=2 \"two\""
+        );
+        assert_eq!(
+            tree[Path::new("link1")],
+            "file 4755 0:0 mtime=12 nlink=2 \"L\""
+        );
+        assert_eq!(tree[Path::new("e")], "dir 750 1000:0 mtime=30");
+        assert_eq!(
+            tree[Path::new("e/g")],
+            "file 600 1234:5678 mtime=31 nlink=1 \"g\""
+        );
+        assert_eq!(tree[Path::new("c")], "dir 711 0:0 mtime=21");
+        assert_eq!(tree[Path::new("ro")], "dir 555 0:0 mtime=13");
+        assert_eq!(
+            tree[Path::new("s")],
+            "file 600 0:0 mtime=22 nlink=1 \"was a symlink\""
+        );
+        assert_eq!(
+            tree[Path::new("x")],
+            "file 644 0:0 mtime=15 nlink=1 \"\" user.one=[49]"
+        );
+
+        // The kernel's overlay over the same layers must show the same tree.
+        let mnt = dir.path().join("mnt");
+        fs::create_dir(&mnt).unwrap();
+        let lowerdir = layers
+            .iter()
+            .rev()
+            .map(|l| l.to_str().unwrap())
+            .collect::<Vec<_>>()
+            .join(":");
+        let mounted = Command::new("mount")
+            .args([
+                "-t",
+                "overlay",
+                "overlay",
+                "-o",
+                &format!("ro,lowerdir={lowerdir}"),
+            ])
+            .arg(&mnt)
+            .status();
+        if !matches!(mounted, Ok(s) if s.success()) {
+            eprintln!("SKIPPED (part): cannot mount overlay to compare with the kernel's view");
+            return;
+        }
+        let kernel = view(&mnt);
+        let _ = Command::new("umount").arg(&mnt).status();
+        assert_eq!(kernel, (tree, links));
+    }
+
+    #[test]
+    fn flatten_as_caller_records_owners() {
+        if !is_root() {
+            eprintln!("SKIPPED: this test needs real root to build layers with arbitrary owners");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let layers = chain(dir.path(), OverlayXattrs::Trusted);
+        let dest = dir.path().join("rootfs");
+        let opts = FlattenOptions {
+            xattrs: OverlayXattrs::Trusted,
+            ownership: ExportOwnership::Caller,
+        };
+        let report = flatten(&layers, &dest, &opts).unwrap();
+        let record = |p: &str| {
+            xattr::get(dest.join(p), rootless_xattr::XATTR_NAME)
+                .unwrap()
+                .map(|v| Resource::decode(&v).unwrap())
+        };
+        assert_eq!(
+            record("e/g"),
+            Some(Resource {
+                uid: 1234,
+                gid: 5678
+            })
+        );
+        assert_eq!(
+            record("a/f2"),
+            Some(Resource {
+                uid: 1000,
+                gid: 1000
+            })
+        );
+        assert_eq!(
+            record("e"),
+            Some(Resource {
+                uid: 1000,
+                gid: rootless_xattr::NOOP_ID
+            })
+        );
+        assert_eq!(
+            record("e/recorded"),
+            Some(Resource { uid: 42, gid: 43 }),
+            "an existing record is kept"
+        );
+        assert_eq!(record("link1"), None);
+        assert_eq!(record("a"), None);
+        // e/g; a/f2 and e twice each, as the bottom and the top layer both write them (a/f2link
+        // is a/f2's inode).
+        assert_eq!(report.recorded_owners, 5);
+        for p in ["e/g", "a/f2", "e", "e/recorded"] {
+            let m = lstat(&dest.join(p));
+            assert_eq!((m.uid(), m.gid()), (0, 0), "{p} belongs to the caller");
+        }
+        assert_eq!(lstat(&dest.join("link1")).mode() & 0o7777, 0o4755);
+    }
+
+    #[test]
+    fn rootless_flatten_in_user_namespace() {
+        if !in_child() {
+            run_in_user_namespace("flatten::tests::rootless_flatten_in_user_namespace");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let layers = chain(dir.path(), OverlayXattrs::User);
+        let dest = dir.path().join("rootfs");
+        let opts = FlattenOptions {
+            xattrs: OverlayXattrs::User,
+            ownership: ExportOwnership::Caller,
+        };
+        flatten(&layers, &dest, &opts).unwrap();
+        let (tree, links) = view(&dest);
+        let paths: Vec<&str> = tree.keys().map(|p| p.to_str().unwrap()).collect();
+        assert_eq!(
+            paths,
+            [
+                "a",
+                "a/f2",
+                "a/f2link",
+                "a/f3",
+                "b",
+                "b/y",
+                "c",
+                "c/new",
+                "e",
+                "e/g",
+                "e/old",
+                "e/recorded",
+                "link1",
+                "link2",
+                "ro",
+                "ro/f",
+                "s",
+                "x"
+            ]
+        );
+        assert_eq!(links.len(), 2);
+        let record = |p: &str| {
+            xattr::get(dest.join(p), rootless_xattr::XATTR_NAME)
+                .unwrap()
+                .map(|v| Resource::decode(&v).unwrap())
+        };
+        // Squashed while applying, carried through the copy-up and the export.
+        assert_eq!(
+            record("a/f2"),
+            Some(Resource {
+                uid: 1000,
+                gid: 1000
+            })
+        );
+        assert_eq!(
+            record("e/g"),
+            Some(Resource {
+                uid: 1234,
+                gid: 5678
+            })
+        );
+        assert_eq!(
+            record("e"),
+            Some(Resource {
+                uid: 1000,
+                gid: rootless_xattr::NOOP_ID
+            })
+        );
+        assert_eq!(record("e/recorded"), Some(Resource { uid: 42, gid: 43 }));
+    }
+
+    #[test]
+    fn destination_must_be_new_or_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let layer = dir.path().join("layer");
+        fs::create_dir(&layer).unwrap();
+        fs::write(layer.join("f"), b"f").unwrap();
+        let opts = FlattenOptions {
+            xattrs: OverlayXattrs::User,
+            ownership: ExportOwnership::Caller,
+        };
+        let busy = dir.path().join("busy");
+        fs::create_dir(&busy).unwrap();
+        fs::write(busy.join("x"), b"").unwrap();
+        let err = flatten(std::slice::from_ref(&layer), &busy, &opts).unwrap_err();
+        assert!(
+            matches!(err, FlattenError::DestinationNotEmpty { .. }),
+            "{err}"
+        );
+        let file = dir.path().join("file");
+        fs::write(&file, b"").unwrap();
+        assert!(matches!(
+            flatten(std::slice::from_ref(&layer), &file, &opts),
+            Err(FlattenError::DestinationNotEmpty { .. })
+        ));
+
+        let empty = dir.path().join("empty");
+        fs::create_dir(&empty).unwrap();
+        flatten(std::slice::from_ref(&layer), &empty, &opts).unwrap();
+        assert_eq!(fs::read(empty.join("f")).unwrap(), b"f");
+        let fresh = dir.path().join("fresh");
+        let report = flatten(std::slice::from_ref(&layer), &fresh, &opts).unwrap();
+        assert_eq!((report.files, report.bytes), (1, 1));
+    }
 }
