@@ -50,6 +50,16 @@ impl BlobSink for WriterSink<'_> {
     }
 }
 
+/// A download task that is cancelled when the pull that started it returns early (an error
+/// in another layer), instead of running on while the runtime shuts down.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -104,20 +114,9 @@ impl Store {
                 "manifest of {name} names an invalid config digest: {e}"
             ))
         })?;
-        let config_bytes = match inner.content.contains(&config_digest) {
-            Ok(true) => inner
-                .content
-                .read_blob(&config_digest)
-                .map_err(content_err(format!("config of {name}")))?,
-            _ => {
-                let bytes = inner
-                    .registry
-                    .fetch_blob_bytes(&reference, &config_digest, config_desc.size())
-                    .await?;
-                store_blob(&config_digest, &bytes, "config")?;
-                bytes.to_vec()
-            }
-        };
+        // The registry client fetched and verified the config while checking its platform.
+        let config_bytes = resolved.config_bytes.to_vec();
+        store_blob(&config_digest, &config_bytes, "config")?;
         let invalid_config = |reason: String| ImagesError::InvalidConfig {
             image: name.clone(),
             config: config_digest.clone(),
@@ -179,7 +178,7 @@ impl Store {
                 let _permit = limit.acquire_owned().await.expect("semaphore open");
                 store.download(&reference, &digest, size, tx).await
             });
-            downloads.push(Some((task, rx)));
+            downloads.push(Some((AbortOnDrop(task), rx)));
         }
 
         let mut skipped_devices = 0usize;
@@ -194,7 +193,7 @@ impl Store {
                         done = rx.recv() => if let Some(done) = done {
                             progress.downloading(digest, done, total);
                         },
-                        result = &mut task => {
+                        result = &mut task.0 => {
                             result.map_err(|e| ImagesError::Helper(format!("download task failed: {e}")))??;
                             break;
                         }

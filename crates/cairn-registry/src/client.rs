@@ -346,7 +346,7 @@ impl RegistryClient {
                 received = hasher.written(),
                 delay_ms = delay.as_millis() as u64,
                 error = %crate::error::chain(&*failure),
-                "blob download failed, resuming"
+                "blob download failed transiently, resuming"
             );
             tokio::time::sleep(delay).await;
         }
@@ -544,16 +544,16 @@ impl RegistryClient {
                     source,
                 });
             }
-            attempt += 1;
-            let delay = policy.delay(attempt);
+            let delay = policy.delay(attempt + 1);
             warn!(
                 attempt,
                 max_attempts,
                 delay_ms = delay.as_millis() as u64,
                 error = %crate::error::chain(&*source),
-                "{what} failed, retrying"
+                "{what} failed transiently, retrying"
             );
             tokio::time::sleep(delay).await;
+            attempt += 1;
         }
     }
 }

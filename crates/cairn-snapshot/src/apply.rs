@@ -388,7 +388,7 @@ impl<R: Read> Read for Hashing<R> {
 
 /// Turns a tar path into a path relative to the layer root: `./` and empty components are
 /// dropped; absolute paths, `..` and NUL bytes are refused. The root itself is the empty path.
-pub(crate) fn clean_path(raw: &[u8]) -> Result<PathBuf, &'static str> {
+fn clean_path(raw: &[u8]) -> Result<PathBuf, &'static str> {
     if raw.is_empty() {
         return Err("empty path");
     }
@@ -568,6 +568,8 @@ struct Node<'f> {
     name: &'f OsStr,
     rel: &'f Path,
     kind: NodeKind,
+    /// The inode was created with its final mode already.
+    mode_done: bool,
 }
 
 /// Directory metadata applied after every entry is in place.
@@ -646,6 +648,16 @@ fn open_dir_nofollow(parent: &OwnedFd, name: &OsStr) -> nix::Result<OwnedFd> {
     )
 }
 
+/// The umask, without changing it (umask(2) can only read it by setting it, which would race
+/// with other threads creating files).
+fn current_umask() -> Option<u32> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let value = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Umask:"))?;
+    u32::from_str_radix(value.trim(), 8).ok()
+}
+
 fn mode(bits: u32) -> Mode {
     Mode::from_bits_truncate(bits & 0o7777)
 }
@@ -660,6 +672,8 @@ struct Applier<'a> {
     cursor: Vec<(OsString, Rc<OwnedFd>)>,
     euid: u32,
     egid: u32,
+    /// The process umask, read once; `None` if /proc does not say.
+    umask: Option<u32>,
     /// Owners `chown(2)` refused once (unmapped in this user namespace); not tried again.
     refused_owners: HashSet<(u32, u32)>,
     /// Directory modes and mtimes, applied at the end (children first).
@@ -692,6 +706,7 @@ impl<'a> Applier<'a> {
             cursor: Vec::new(),
             euid: Uid::effective().as_raw(),
             egid: Gid::effective().as_raw(),
+            umask: current_umask(),
             refused_owners: HashSet::new(),
             dirs: BTreeMap::new(),
             implicit_dirs: HashSet::new(),
@@ -889,6 +904,7 @@ impl<'a> Applier<'a> {
                     name,
                     rel,
                     kind: NodeKind::Dir,
+                    mode_done: false,
                 };
                 self.restore_metadata(&node, &lower)
             }
@@ -1005,6 +1021,7 @@ impl<'a> Applier<'a> {
                 name: OsStr::new("."),
                 rel,
                 kind: NodeKind::Dir,
+                mode_done: false,
             };
             return self.restore_metadata(&node, meta);
         }
@@ -1043,6 +1060,7 @@ impl<'a> Applier<'a> {
             name,
             rel,
             kind: NodeKind::Dir,
+            mode_done: false,
         };
         self.restore_metadata(&node, meta)
     }
@@ -1054,6 +1072,12 @@ impl<'a> Applier<'a> {
         meta: &EntryMeta,
     ) -> Result<(), ApplyError> {
         let (parent, name) = self.parent_and_name(rel)?;
+        // Most files can be created with their final mode, which saves a chmod each: not when
+        // the umask would take bits away, nor with setuid/setgid/sticky bits (a later chown
+        // clears setuid and setgid, and open(2) ignores them under a umask anyway).
+        let mode_done =
+            meta.mode & 0o7000 == 0 && self.umask.is_some_and(|umask| meta.mode & umask == 0);
+        let create_mode = if mode_done { meta.mode } else { 0o600 };
         let fd = self
             .create_replacing(&parent, name, rel, || {
                 nix::fcntl::openat(
@@ -1064,7 +1088,7 @@ impl<'a> Applier<'a> {
                         | OFlag::O_WRONLY
                         | OFlag::O_NOFOLLOW
                         | OFlag::O_CLOEXEC,
-                    mode(0o600),
+                    mode(create_mode),
                 )
             })?
             .map_err(io_err(rel, "create file"))?;
@@ -1102,6 +1126,7 @@ impl<'a> Applier<'a> {
             name,
             rel,
             kind: NodeKind::File,
+            mode_done,
         };
         self.restore_metadata(&node, meta)
     }
@@ -1118,6 +1143,7 @@ impl<'a> Applier<'a> {
             name,
             rel,
             kind: NodeKind::Symlink,
+            mode_done: false,
         };
         self.restore_metadata(&node, meta)
     }
@@ -1148,6 +1174,7 @@ impl<'a> Applier<'a> {
             name,
             rel,
             kind: NodeKind::Special,
+            mode_done: false,
         };
         self.restore_metadata(&node, meta)
     }
@@ -1249,6 +1276,7 @@ impl<'a> Applier<'a> {
                 name,
                 rel: target,
                 kind: NodeKind::File,
+                mode_done: false,
             };
             return self.restore_metadata(&node, &lower);
         }
@@ -1269,6 +1297,7 @@ impl<'a> Applier<'a> {
             name,
             rel: target,
             kind,
+            mode_done: false,
         };
         self.restore_metadata(&node, &lower)
     }
@@ -1292,7 +1321,10 @@ impl<'a> Applier<'a> {
                 let file = node
                     .file
                     .expect("regular files are restored through their fd");
-                nix::sys::stat::fchmod(file, mode(meta.mode)).map_err(io_err(node.rel, "chmod"))?;
+                if !node.mode_done {
+                    nix::sys::stat::fchmod(file, mode(meta.mode))
+                        .map_err(io_err(node.rel, "chmod"))?;
+                }
             }
             NodeKind::Special => {
                 nix::sys::stat::fchmodat(
@@ -1849,6 +1881,30 @@ pub(crate) mod tests {
             assert!(!upper.join(".wh..wh.plnk").exists());
             assert!(!upper.join("plnk").exists());
             assert_eq!(lstat(&upper.join("b")).mtime(), 5);
+        }
+    }
+
+    #[test]
+    fn file_modes_survive_the_umask() {
+        assert!(
+            current_umask().is_some(),
+            "/proc/self/status has no Umask line"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let modes = [0o666, 0o777, 0o000, 0o444, 0o640, 0o4755, 0o2711, 0o1644];
+        let mut tar = Tar::new();
+        for m in modes {
+            tar.file(&format!("f{m:o}"), b"x", attrs(m, 0, 0, 9));
+        }
+        let tar = tar.finish();
+        apply(&tar, dir.path()).unwrap();
+        for m in modes {
+            let got = lstat(&dir.path().join(format!("f{m:o}")));
+            assert_eq!(
+                (got.mode() & 0o7777, got.mtime(), got.len()),
+                (m, 9, 1),
+                "{m:o}"
+            );
         }
     }
 
@@ -2470,18 +2526,20 @@ pub(crate) mod tests {
 
     const USERNS_CHILD: &str = "CAIRN_SNAPSHOT_TEST_IN_USERNS";
 
-    /// Runs one test of this binary again inside `unshare --user --map-root-user`, where only
-    /// the caller's id is mapped: the setting of rootless CI runners. Returns false (after
+    /// Runs one test of this binary again inside `unshare --user --map-root-user --mount`, where
+    /// only the caller's id is mapped: the setting of rootless CI runners. Returns false (after
     /// saying so) when user namespaces are unavailable.
     pub(crate) fn run_in_user_namespace(test: &str) -> bool {
-        let probe = Command::new("unshare").args(["-U", "-r", "true"]).status();
+        let probe = Command::new("unshare")
+            .args(["-U", "-r", "-m", "true"])
+            .status();
         if !matches!(probe, Ok(status) if status.success()) {
-            eprintln!("SKIPPED: cannot create a user namespace with `unshare -U -r`");
+            eprintln!("SKIPPED: cannot create a user namespace with `unshare -U -r -m`");
             return false;
         }
         let exe = std::env::current_exe().unwrap();
         let output = Command::new("unshare")
-            .args(["-U", "-r"])
+            .args(["-U", "-r", "-m"])
             .arg(exe)
             .args(["--exact", test, "--nocapture", "--test-threads=1"])
             .env(USERNS_CHILD, "1")

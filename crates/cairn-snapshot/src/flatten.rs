@@ -899,6 +899,28 @@ mod tests {
             })
         );
         assert_eq!(record("e/recorded"), Some(Resource { uid: 42, gid: 43 }));
+
+        // The kernel's overlay, mounted the rootless way (userxattr), shows the same tree.
+        let mnt = dir.path().join("mnt");
+        fs::create_dir(&mnt).unwrap();
+        let lowerdir = layers
+            .iter()
+            .rev()
+            .map(|l| l.to_str().unwrap())
+            .collect::<Vec<_>>()
+            .join(":");
+        let mounted = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o"])
+            .arg(format!("ro,userxattr,lowerdir={lowerdir}"))
+            .arg(&mnt)
+            .status();
+        if !matches!(mounted, Ok(s) if s.success()) {
+            eprintln!("SKIPPED (part): cannot mount overlay in the user namespace");
+            return;
+        }
+        let kernel = view(&mnt);
+        let _ = Command::new("umount").arg(&mnt).status();
+        assert_eq!(kernel, (tree, links));
     }
 
     #[test]
