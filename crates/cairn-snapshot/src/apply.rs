@@ -27,7 +27,8 @@
 //! In a user namespace `chown(2)` fails for ids that are not mapped. The file then stays owned by
 //! the caller and its intended owner is written to `user.rootlesscontainers`, the way umoci's
 //! rootless unpack records it (see `rootless_xattr`). Device nodes cannot be created there at
-//! all; they are skipped and listed in [`ApplyReport::skipped_devices`].
+//! all; an empty file takes each one's place (as in umoci's rootless unpack) and they are listed
+//! in [`ApplyReport::skipped_devices`].
 //!
 //! ```no_run
 //! use std::fs::File;
@@ -1162,9 +1163,32 @@ impl<'a> Applier<'a> {
         match made {
             Ok(()) => {}
             Err(Errno::EPERM) if sflag != SFlag::S_IFIFO => {
-                tracing::debug!(entry = %rel.display(), "cannot create device node, skipping it");
+                // Without root a device cannot exist; leave an empty file in its place, as
+                // umoci's rootless unpack does, so the path is there for a runtime to
+                // bind-mount the host's device over it.
+                tracing::debug!(entry = %rel.display(), "cannot create device node, leaving an empty file");
                 self.skipped_devices.push(rel.to_owned());
-                return Ok(());
+                let fd = nix::fcntl::openat(
+                    &*parent,
+                    name,
+                    OFlag::O_CREAT
+                        | OFlag::O_EXCL
+                        | OFlag::O_WRONLY
+                        | OFlag::O_NOFOLLOW
+                        | OFlag::O_CLOEXEC,
+                    mode(0),
+                )
+                .map_err(io_err(rel, "create device placeholder"))?;
+                let file = File::from(fd);
+                let node = Node {
+                    file: Some(&file),
+                    parent: &parent,
+                    name,
+                    rel,
+                    kind: NodeKind::File,
+                    mode_done: false,
+                };
+                return self.restore_metadata(&node, meta);
             }
             Err(e) => return Err(io_err(rel, "create device node")(e)),
         }
@@ -2643,7 +2667,12 @@ pub(crate) mod tests {
         assert_eq!(lstat(&upper.join("home/user/f")).mode() & 0o7777, 0o4755);
         assert_eq!(lstat(&upper.join("home/user")).mode() & 0o7777, 0o700);
         assert_eq!(lstat(&upper.join("home/user/link")).mtime(), 13);
-        assert!(!upper.join("dev/null").exists());
+        // The device became an empty placeholder file with the device's mode.
+        let null = lstat(&upper.join("dev/null"));
+        assert!(
+            null.file_type().is_file() && null.len() == 0,
+            "dev/null placeholder"
+        );
         let gone = lstat(&upper.join("gone/x"));
         assert!(gone.file_type().is_char_device() && gone.rdev() == 0);
         assert_eq!(
