@@ -61,14 +61,55 @@ pub struct UsernsChild {
     pub stdin: ChildStdin,
     /// Responses come from here.
     pub stdout: BufReader<ChildStdout>,
+    /// Keeps the thread that started the helper alive (see [`spawn_in_user_namespace`]).
+    _parent_thread: std::sync::mpsc::Sender<()>,
 }
 
 /// Starts `command` (a program that calls [`init`] first) in a new user namespace with
 /// `mapping`, and waits until it runs as root there.
+///
+/// The helper is killed when its parent dies, so that a killed engine leaves no helper writing
+/// into the store. The kernel ties that signal to the parent *thread*, and callers often run on
+/// pool threads that come and go; so the helper is started from a thread of its own that lives
+/// exactly as long as the returned [`UsernsChild`].
 pub fn spawn_in_user_namespace(
-    mut command: Command,
+    command: Command,
     mapping: &IdMapping,
 ) -> Result<UsernsChild, RuntimeError> {
+    let (result_tx, result_rx) = std::sync::mpsc::channel();
+    let (keep_tx, keep_rx) = std::sync::mpsc::channel::<()>();
+    let mapping = mapping.clone();
+    let program = command.get_program().to_string_lossy().into_owned();
+    std::thread::Builder::new()
+        .name("cairn-userns-parent".into())
+        .spawn(move || {
+            let started = spawn_here(command, &mapping);
+            let ok = started.is_ok();
+            let _ = result_tx.send(started);
+            if ok {
+                // Returns when the UsernsChild (the only sender) is dropped.
+                let _ = keep_rx.recv();
+            }
+        })
+        .map_err(|source| RuntimeError::Spawn {
+            program: program.clone(),
+            source,
+        })?;
+    let (child, stdin, stdout) = result_rx.recv().map_err(|_| RuntimeError::Handshake {
+        pid: 0,
+        reason: "the thread starting the helper died".into(),
+    })??;
+    Ok(UsernsChild {
+        child,
+        stdin,
+        stdout,
+        _parent_thread: keep_tx,
+    })
+}
+
+type Started = (Child, ChildStdin, BufReader<ChildStdout>);
+
+fn spawn_here(mut command: Command, mapping: &IdMapping) -> Result<Started, RuntimeError> {
     let program = command.get_program().to_string_lossy().into_owned();
     let mut child = command
         .env(HELPER_ENV, "1")
@@ -101,9 +142,5 @@ pub fn spawn_in_user_namespace(
     }
     writeln!(stdin, "{MAPPED}").map_err(|e| handshake(e.to_string()))?;
     debug!(pid, %mapping, "user namespace helper started");
-    Ok(UsernsChild {
-        child,
-        stdin,
-        stdout,
-    })
+    Ok((child, stdin, stdout))
 }
