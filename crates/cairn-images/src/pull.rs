@@ -139,7 +139,7 @@ impl Store {
             let digest: Digest = desc.digest().to_string().parse().map_err(|e| {
                 invalid_config(format!("manifest names an invalid layer digest: {e}"))
             })?;
-            let compression = LayerCompression::from_media_type(&desc.media_type().to_string())
+            let compression = LayerCompression::from_media_type(desc.media_type().as_ref())
                 .map_err(|e| invalid_config(format!("layer {digest}: {e}")))?;
             layers.push((digest, desc.size(), compression));
         }

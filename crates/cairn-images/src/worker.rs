@@ -289,7 +289,7 @@ impl Worker {
 impl Drop for Worker {
     fn drop(&mut self) {
         if let Worker::Helper { child, .. } = self {
-            if let Some(mut helper) = child.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            if let Some(mut helper) = child.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
                 // Closing stdin ends the serve loop; wait so no zombie is left.
                 drop(helper.stdin);
                 let _ = helper.child.wait();
