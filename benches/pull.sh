@@ -3,7 +3,7 @@
 # from the same loopback registry, run side by side (interleaved, so machine noise hits every
 # tool alike). Prints medians and ratios to cairn.
 #
-#   benches/pull.sh [ROUNDS] [IMAGE...]     default: 5 rounds, debian:bookworm layers:latest
+#   benches/pull.sh [ROUNDS] [IMAGE...]     default: 5 rounds, debian:bookworm layers:peer (layers:latest minus the hard link into a lower layer, which Docker and podman refuse)
 #
 # Needs the fixtures (rootfs-fixtures/setup.sh) and root. Peers that are not installed are
 # installed from Debian when possible (podman, docker.io) or skipped with a note.
@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 ROUNDS=${1:-5}
 shift || true
 IMAGES=("$@")
-[ ${#IMAGES[@]} -gt 0 ] || IMAGES=(debian:bookworm layers:latest)
+[ ${#IMAGES[@]} -gt 0 ] || IMAGES=(debian:bookworm layers:peer)
 [ "$(id -u)" = 0 ] || { echo "pull.sh: run as root (podman, docker and the stores are root's)" >&2; exit 1; }
 . .fixtures/env
 REG=$CAIRN_TEST_REGISTRY

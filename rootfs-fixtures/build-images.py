@@ -673,6 +673,21 @@ def build_layers(lw):
     return [("latest", check_layers_rootfs)]
 
 
+def build_layers_peer(lw):
+    """layers:latest without the hard link into a lower layer (L06's base-link).
+
+    Docker and podman unpack each layer on its own and cannot resolve such a link, so the
+    benchmarks compare tools on this variant; everything else is identical.
+    """
+    import copy
+    layers = copy.deepcopy(layers_cached())
+    for l in layers:
+        if l.comment.startswith("L06"):
+            l.entries = [e for e in l.entries if e[0].name != "cairn/hl/base-link"]
+    write_image(lw, layers, "peer", how="gzip")
+    return [("peer", lambda rootfs: None)]
+
+
 def build_layers_zstd(lw):
     write_image(lw, layers_cached(), "zstd", how="zstd")
     return [("zstd", "stat")]  # umoci 0.4.7 cannot unpack zstd
@@ -708,6 +723,7 @@ LAYOUTS = {  # layout dir name: builder
     "busybox-multi": build_busybox_multi,
     "layers": build_layers,
     "layers-zstd": build_layers_zstd,
+    "layers-peer": build_layers_peer,
     "debian": build_debian,
 }
 

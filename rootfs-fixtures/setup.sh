@@ -336,6 +336,7 @@ push_images() {
   push plain busybox-multi multi-arm64 fixtures/busybox arm64-only busybox-multi multi-arm64 $p
   push plain layers latest fixtures/layers latest layers latest $p
   push plain layers-zstd zstd fixtures/layers zstd layers latest $p
+  push plain layers-peer peer fixtures/layers peer layers-peer peer $p
   push plain debian bookworm fixtures/debian bookworm debian bookworm $p
   push basic busybox latest fixtures/busybox latest busybox latest $p
   push token busybox latest fixtures/busybox latest busybox latest $p

@@ -117,6 +117,35 @@ pub fn cairn_bin() -> PathBuf {
     bin
 }
 
+/// The binary as `who` can run it: plain users get a copy in a world-readable place, since
+/// the checkout may sit below a directory only root can enter (CI clones anywhere).
+pub fn cairn_bin_for(who: Who) -> PathBuf {
+    static COPY: OnceLock<PathBuf> = OnceLock::new();
+    match who {
+        Who::Root => cairn_bin(),
+        Who::User(_) => COPY
+            .get_or_init(|| {
+                // One copy per build, shared by the test processes of a run.
+                let source = cairn_bin();
+                let meta = fs::metadata(&source).unwrap();
+                let dir = std::env::temp_dir().join("cairn-e2e-bin");
+                fs::create_dir_all(&dir).unwrap();
+                fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+                let bin = dir.join(format!("cairn-{}-{}", meta.len(), meta.mtime()));
+                if !bin.exists() {
+                    for stale in fs::read_dir(&dir).unwrap().flatten() {
+                        let _ = fs::remove_file(stale.path());
+                    }
+                    let temp = dir.join(format!(".cairn-{}", std::process::id()));
+                    fs::copy(&source, &temp).unwrap();
+                    fs::rename(&temp, &bin).unwrap();
+                }
+                bin
+            })
+            .clone(),
+    }
+}
+
 /// A plain user the tests run cairn as.
 #[derive(Debug, Clone)]
 pub struct TestUser {
@@ -306,7 +335,7 @@ impl Cairn {
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = self.who.command(cairn_bin());
+        let mut c = self.who.command(cairn_bin_for(self.who));
         c.arg("--root")
             .arg(&self.root)
             .args(args)

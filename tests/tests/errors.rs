@@ -247,3 +247,37 @@ fn disk_full_is_reported_and_leaves_nothing_half_written() {
         .status();
     result.unwrap();
 }
+
+#[test]
+fn credentials_from_a_docker_credential_helper() {
+    let fx = fixtures();
+    let registry = fx.var("CAIRN_TEST_REGISTRY_TOKEN");
+    let (user, password) = (fx.var("CAIRN_TEST_REGISTRY_USER"), fx.var("CAIRN_TEST_REGISTRY_PASSWORD"));
+    let dir = Scratch::new("cred-helper");
+    // A helper as Docker runs them: `docker-credential-NAME get`, server on stdin, JSON out.
+    let helper = dir.path.join("docker-credential-cairntest");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread server\n[ \"$server\" = {registry} ] || {{ echo 'credentials not found in native keychain'; exit 1; }}\necho '{{\"ServerURL\":\"{registry}\",\"Username\":\"{user}\",\"Secret\":\"{password}\"}}'\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let config = dir.path.join("docker");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(
+        config.join("config.json"),
+        format!(r#"{{"credHelpers": {{"{registry}": "cairntest"}}}}"#),
+    )
+    .unwrap();
+    let cairn = Cairn::new(Who::Root);
+    let path = format!("{}:{}", dir.path.display(), std::env::var("PATH").unwrap_or_default());
+    let out = cairn
+        .command(&["pull", &format!("{registry}/fixtures/busybox:latest")])
+        .env("DOCKER_CONFIG", &config)
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

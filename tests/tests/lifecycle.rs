@@ -49,7 +49,7 @@ fn default_store_of_a_plain_user_is_under_xdg_data_home() {
     who.own(&scratch.path);
     let data_home = scratch.path.join("data");
     let out = who
-        .command(cairn_bin())
+        .command(cairn_e2e::cairn_bin_for(who))
         .args(["pull", &fixtures().image("busybox:latest")])
         .env("XDG_DATA_HOME", &data_home)
         .output()

@@ -96,3 +96,8 @@ fn rmi_forgets_the_reference_and_a_second_pull_downloads_nothing() {
         blobs
     );
 }
+
+#[test]
+fn busybox_uncompressed_layer() {
+    pull_export_matches_umoci("busybox:uncompressed", "busybox:uncompressed");
+}

@@ -59,6 +59,16 @@ pub enum ImagesError {
         /// What is wrong.
         reason: String,
     },
+    /// The image manifest is malformed.
+    #[error("image {image}: invalid manifest {digest}: {reason}")]
+    InvalidManifest {
+        /// The image.
+        image: String,
+        /// The manifest.
+        digest: Digest,
+        /// What is wrong.
+        reason: String,
+    },
     /// Export refused or failed.
     #[error("export of {image} to {dest}: {message}")]
     Export {
@@ -132,7 +142,9 @@ impl ImagesError {
                 _ => ErrorKind::Other,
             },
             ImagesError::DiffIdMismatch { .. } | ImagesError::Layer { .. } => ErrorKind::Corrupt,
-            ImagesError::InvalidConfig { .. } => ErrorKind::Corrupt,
+            ImagesError::InvalidConfig { .. } | ImagesError::InvalidManifest { .. } => {
+                ErrorKind::Corrupt
+            }
             _ => ErrorKind::Other,
         }
     }

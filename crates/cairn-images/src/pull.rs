@@ -109,11 +109,12 @@ impl Store {
         // The config: small, fetched into memory, kept as a blob.
         let manifest = &resolved.manifest;
         let config_desc = manifest.config();
-        let config_digest: Digest = config_desc.digest().to_string().parse().map_err(|e| {
-            ImagesError::Helper(format!(
-                "manifest of {name} names an invalid config digest: {e}"
-            ))
-        })?;
+        let config_digest: Digest =
+            config_desc.digest().to_string().parse().map_err(|e| ImagesError::InvalidManifest {
+                image: name.clone(),
+                digest: resolved.manifest_digest.clone(),
+                reason: format!("invalid config digest: {e}"),
+            })?;
         // The registry client fetched and verified the config while checking its platform.
         let config_bytes = resolved.config_bytes.to_vec();
         store_blob(&config_digest, &config_bytes, "config")?;
@@ -158,10 +159,7 @@ impl Store {
         let limit = Arc::new(Semaphore::new(inner.max_concurrent_downloads));
         let mut downloads = Vec::new();
         for (i, (digest, size, _)) in layers.iter().enumerate() {
-            let needed =
-                !self.is_unpacked(&chains[i])? || !inner.content.contains(digest).unwrap_or(false);
-            let present = inner.content.contains(digest).unwrap_or(false);
-            if present || !needed {
+            if inner.content.contains(digest).unwrap_or(false) {
                 progress.already_present(digest);
                 downloads.push(None);
                 continue;
