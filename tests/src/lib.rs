@@ -130,7 +130,8 @@ pub fn cairn_bin_for(who: Who) -> PathBuf {
                 let meta = fs::metadata(&source).unwrap();
                 let dir = std::env::temp_dir().join("cairn-e2e-bin");
                 fs::create_dir_all(&dir).unwrap();
-                fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+                fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                    .unwrap();
                 let bin = dir.join(format!("cairn-{}-{}", meta.len(), meta.mtime()));
                 if !bin.exists() {
                     for stale in fs::read_dir(&dir).unwrap().flatten() {

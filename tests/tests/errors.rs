@@ -252,7 +252,10 @@ fn disk_full_is_reported_and_leaves_nothing_half_written() {
 fn credentials_from_a_docker_credential_helper() {
     let fx = fixtures();
     let registry = fx.var("CAIRN_TEST_REGISTRY_TOKEN");
-    let (user, password) = (fx.var("CAIRN_TEST_REGISTRY_USER"), fx.var("CAIRN_TEST_REGISTRY_PASSWORD"));
+    let (user, password) = (
+        fx.var("CAIRN_TEST_REGISTRY_USER"),
+        fx.var("CAIRN_TEST_REGISTRY_PASSWORD"),
+    );
     let dir = Scratch::new("cred-helper");
     // A helper as Docker runs them: `docker-credential-NAME get`, server on stdin, JSON out.
     let helper = dir.path.join("docker-credential-cairntest");
@@ -272,12 +275,20 @@ fn credentials_from_a_docker_credential_helper() {
     )
     .unwrap();
     let cairn = Cairn::new(Who::Root);
-    let path = format!("{}:{}", dir.path.display(), std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "{}:{}",
+        dir.path.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let out = cairn
         .command(&["pull", &format!("{registry}/fixtures/busybox:latest")])
         .env("DOCKER_CONFIG", &config)
         .env("PATH", path)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

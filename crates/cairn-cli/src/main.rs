@@ -66,7 +66,9 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
                 // Retries that end in success are not worth a line; one that ends in failure
                 // is the error itself. CAIRN_LOG=info shows them.
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,cairn_registry=error")),
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new("warn,cairn_registry=error")
+                }),
         )
         .with_writer(std::io::stderr)
         .without_time()

@@ -110,11 +110,15 @@ impl Store {
         let manifest = &resolved.manifest;
         let config_desc = manifest.config();
         let config_digest: Digest =
-            config_desc.digest().to_string().parse().map_err(|e| ImagesError::InvalidManifest {
-                image: name.clone(),
-                digest: resolved.manifest_digest.clone(),
-                reason: format!("invalid config digest: {e}"),
-            })?;
+            config_desc
+                .digest()
+                .to_string()
+                .parse()
+                .map_err(|e| ImagesError::InvalidManifest {
+                    image: name.clone(),
+                    digest: resolved.manifest_digest.clone(),
+                    reason: format!("invalid config digest: {e}"),
+                })?;
         // The registry client fetched and verified the config while checking its platform.
         let config_bytes = resolved.config_bytes.to_vec();
         store_blob(&config_digest, &config_bytes, "config")?;
