@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod exec;
 mod progress;
 
 /// A rootless, daemonless CI engine.
@@ -47,9 +48,29 @@ enum Command {
     },
     /// Delete the whole store, including files owned by subordinate ids.
     Reset,
+    /// Run a command in a new container of an image (pulled if missing), as `podman run --rm`.
+    Exec(exec::ExecArgs),
+    /// List the running containers of this store.
+    Ps {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Stop running containers: SIGTERM, then SIGKILL after a grace period.
+    Kill {
+        /// Send only this signal (a name like TERM or KILL, or a number).
+        #[arg(short, long)]
+        signal: Option<String>,
+        /// Seconds to wait after SIGTERM before SIGKILL.
+        #[arg(short, long, default_value_t = 10)]
+        time: u64,
+        /// Container ids (or unique prefixes).
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Format {
     /// Aligned columns for people.
     Table,
@@ -85,26 +106,35 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+    let exec = matches!(cli.command, Command::Exec(_));
+    let code = match runtime.block_on(run(cli)) {
+        Ok(code) => code,
         Err(e) => {
-            eprintln!("cairn: {e}");
-            ExitCode::FAILURE
+            eprintln!("cairn: {e:#}");
+            // As docker and podman do: 125 says the failure is cairn's, not the command's.
+            if exec {
+                ExitCode::from(125)
+            } else {
+                ExitCode::FAILURE
+            }
         }
-    }
+    };
+    // Do not wait for threads still blocked on the terminal (an `exec -i` stdin copy).
+    runtime.shutdown_background();
+    code
 }
 
 fn options(root: Option<PathBuf>) -> cairn_images::StoreOptions {
     cairn_images::StoreOptions::new(root.unwrap_or_else(cairn_images::default_root))
 }
 
-async fn run(cli: Cli) -> Result<(), cairn_images::ImagesError> {
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let options = options(cli.root);
     if let Command::Reset = cli.command {
         let root = options.root.clone();
         cairn_images::Store::reset(options)?;
         eprintln!("removed store {}", root.display());
-        return Ok(());
+        return Ok(ExitCode::SUCCESS);
     }
     let store = cairn_images::Store::open(options)?;
     match cli.command {
@@ -161,7 +191,10 @@ async fn run(cli: Cli) -> Result<(), cairn_images::ImagesError> {
             let image = store.remove_image(&reference)?;
             println!("{}", image.reference);
         }
+        Command::Exec(args) => return exec::exec(store, args).await,
+        Command::Ps { format } => exec::ps(store, format == Format::Json).await?,
+        Command::Kill { signal, time, ids } => exec::kill(store, signal, time, ids).await?,
         Command::Reset => unreachable!("handled above"),
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }

@@ -41,18 +41,25 @@ pub mod worker;
 
 pub use error::{ErrorKind, ImagesError};
 pub use pull::PullProgress;
-pub use store::{default_root, ImageRecord, Store, StoreOptions};
+pub use store::{default_root, ImageRecord, Store, StoreOptions, LEASE_LABEL};
 pub use worker::HelperProgram;
 
 /// Call first in `main` (before any thread starts) of every program that uses a rootless
-/// store. In the program's own run it returns at once; when the program was started as the
-/// store's helper it serves the helper's requests and exits.
+/// store or runs containers. In the program's own run it returns at once; when the program
+/// was started as one of cairn's helpers (the store's filesystem helper, or the runtime
+/// helper in which containers are created) it serves that helper's requests and exits.
 pub fn init() {
-    if std::env::args_os()
-        .nth(1)
-        .is_some_and(|a| a == worker::HELPER_ARG)
-    {
-        cairn_runtime::init();
-        worker::serve();
+    let mut args = std::env::args_os().skip(1);
+    match args.next() {
+        Some(a) if a == worker::HELPER_ARG => {
+            cairn_runtime::init();
+            worker::serve();
+        }
+        Some(a) if a == cairn_runtime::helper::RUNTIME_HELPER_ARG => {
+            cairn_runtime::init();
+            let rest: Vec<_> = args.collect();
+            cairn_runtime::helper::serve(&rest);
+        }
+        _ => {}
     }
 }

@@ -99,6 +99,8 @@ pub(crate) struct Inner {
     pub(crate) worker: Arc<Worker>,
     pub(crate) registry: RegistryClient,
     pub(crate) rootless: bool,
+    pub(crate) mapping: Option<IdMapping>,
+    pub(crate) helper: HelperProgram,
     pub(crate) lease: String,
     pub(crate) max_concurrent_downloads: usize,
     db_path: PathBuf,
@@ -222,6 +224,8 @@ impl Store {
                 worker,
                 registry: RegistryClient::new(options.registry),
                 rootless: config.rootless.is_some(),
+                mapping: config.rootless.clone(),
+                helper: options.helper.clone(),
                 lease,
                 max_concurrent_downloads: options.max_concurrent_downloads.max(1),
                 db_path,
@@ -241,6 +245,68 @@ impl Store {
     /// Whether this is a rootless store.
     pub fn is_rootless(&self) -> bool {
         self.inner.rootless
+    }
+
+    /// The user-namespace mapping of a rootless store; `None` for a root store.
+    pub fn id_mapping(&self) -> Option<&IdMapping> {
+        self.inner.mapping.as_ref()
+    }
+
+    /// The program that serves as this store's helpers (see [`crate::init`]).
+    pub fn helper_program(&self) -> Result<PathBuf, ImagesError> {
+        match &self.inner.helper {
+            HelperProgram::CurrentExe => std::env::current_exe()
+                .map_err(|e| ImagesError::Helper(format!("cannot find own executable: {e}"))),
+            HelperProgram::Path(p) => Ok(p.clone()),
+        }
+    }
+
+    /// This process's lease: label what it creates with it (`cairn.lease`), and
+    /// [`Store::lease_is_live`] tells other processes whether the creator still runs.
+    pub fn lease(&self) -> &str {
+        &self.inner.lease
+    }
+
+    /// Whether the process holding `lease` still runs.
+    pub fn lease_is_live(&self, lease: &str) -> bool {
+        if lease == self.inner.lease {
+            return true;
+        }
+        if lease.contains('/') || lease.starts_with('.') {
+            return false;
+        }
+        File::open(self.inner.root.join("leases").join(lease))
+            .map(|f| Flock::lock(f, FlockArg::LockExclusiveNonblock).is_err())
+            .unwrap_or(false)
+    }
+
+    /// Deletes a directory tree of the store, whoever owns its files (through the helper in
+    /// a rootless store).
+    pub fn remove_tree(&self, path: &Path) -> Result<(), ImagesError> {
+        self.inner
+            .worker
+            .remove_tree(path)
+            .map_err(|e| store_err(path, e))
+    }
+
+    /// The parsed config of an image (Env, WorkingDir, User, Entrypoint, Cmd …).
+    pub fn image_config(
+        &self,
+        image: &ImageRecord,
+    ) -> Result<oci_spec::image::ImageConfiguration, ImagesError> {
+        let bytes = self
+            .inner
+            .content
+            .read_blob(&image.config)
+            .map_err(|source| ImagesError::Content {
+                context: format!("config of {}", image.reference),
+                source,
+            })?;
+        serde_json::from_slice(&bytes).map_err(|e| ImagesError::InvalidConfig {
+            image: image.reference.clone(),
+            config: image.config.clone(),
+            reason: e.to_string(),
+        })
     }
 
     /// The content store.
@@ -475,4 +541,4 @@ impl Store {
 }
 
 /// The label that ties an unfinished snapshot to the process working on it.
-pub(crate) const LEASE_LABEL: &str = "cairn.lease";
+pub const LEASE_LABEL: &str = "cairn.lease";

@@ -109,6 +109,29 @@ pub fn spawn_in_user_namespace(
 
 type Started = (Child, ChildStdin, BufReader<ChildStdout>);
 
+/// The parent's half of the start-up handshake with a helper that called [`init`]: wait for
+/// it to be in its new namespace, write its id mapping (checking `newuidmap`'s verdict), and
+/// let it go on.
+pub(crate) fn map_after_ready(
+    pid: u32,
+    mapping: &IdMapping,
+    read_line: impl FnOnce() -> std::io::Result<String>,
+    write_line: impl FnOnce(&str) -> std::io::Result<()>,
+) -> Result<(), RuntimeError> {
+    let handshake = |reason: String| RuntimeError::Handshake { pid, reason };
+    let line = read_line().map_err(|e| handshake(e.to_string()))?;
+    if line.trim() != READY {
+        let said = line.trim();
+        return Err(handshake(if said.is_empty() {
+            "it exited before entering its namespace (does the program call cairn's init hook first in main?)".into()
+        } else {
+            said.to_owned()
+        }));
+    }
+    mapping.apply_to(pid)?;
+    write_line(&format!("{MAPPED}\n")).map_err(|e| handshake(e.to_string()))
+}
+
 fn spawn_here(mut command: Command, mapping: &IdMapping) -> Result<Started, RuntimeError> {
     let program = command.get_program().to_string_lossy().into_owned();
     let mut child = command
@@ -120,27 +143,17 @@ fn spawn_here(mut command: Command, mapping: &IdMapping) -> Result<Started, Runt
     let pid = child.id();
     let mut stdin = child.stdin.take().expect("piped stdin");
     let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-    let handshake = |reason: String| RuntimeError::Handshake { pid, reason };
-    let mut line = String::new();
-    stdout
-        .read_line(&mut line)
-        .map_err(|e| handshake(e.to_string()))?;
-    if line.trim() != READY {
-        let _ = child.kill();
-        let _ = child.wait();
-        let said = line.trim();
-        return Err(handshake(if said.is_empty() {
-            "it exited before entering its namespace (does the program call cairn's init hook first in main?)".into()
-        } else {
-            said.to_owned()
-        }));
-    }
-    if let Err(e) = mapping.apply_to(pid) {
+    let read_line = || -> std::io::Result<String> {
+        let mut line = String::new();
+        stdout.read_line(&mut line)?;
+        Ok(line)
+    };
+    let write_line = |line: &str| stdin.write_all(line.as_bytes());
+    if let Err(e) = map_after_ready(pid, mapping, read_line, write_line) {
         let _ = child.kill();
         let _ = child.wait();
         return Err(e);
     }
-    writeln!(stdin, "{MAPPED}").map_err(|e| handshake(e.to_string()))?;
     debug!(pid, %mapping, "user namespace helper started");
     Ok((child, stdin, stdout))
 }

@@ -1,0 +1,406 @@
+//! The engine's side of the runtime helper: [`Runtime`] starts the helper on first use and
+//! turns its messages into futures, so any number of tasks can run containers at once.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+use tokio::sync::oneshot;
+use tracing::debug;
+
+use crate::config::ContainerConfig;
+use crate::helper::{PARENT_ENV, RUNTIME_HELPER_ARG};
+use crate::proto::{self, Reply, Request};
+use crate::{ExitStatus, IdMapping, RuntimeError};
+
+/// How to start the runtime helper.
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    /// A program that calls cairn's init hook first in `main` (the `cairn` binary, or the
+    /// embedding program itself).
+    pub program: PathBuf,
+    /// libcontainer's state root: one directory per running container.
+    pub state_root: PathBuf,
+    /// `None` when running as real root; the store's id mapping for a rootless store, in
+    /// which case the helper runs inside a user namespace with that mapping.
+    pub mapping: Option<IdMapping>,
+}
+
+/// A container's stdio, handed to its process as they are (no copying through the engine).
+#[derive(Debug)]
+pub struct ContainerStdio {
+    /// Standard input (`/dev/null` when the caller has none to give).
+    pub stdin: OwnedFd,
+    /// Standard output.
+    pub stdout: OwnedFd,
+    /// Standard error.
+    pub stderr: OwnedFd,
+}
+
+/// A started container.
+#[derive(Debug)]
+pub struct Started {
+    /// Its init's pid, in the engine's pid namespace.
+    pub pid: i32,
+    /// Resolves when it has exited and its runtime state is deleted.
+    pub exit: ExitWaiter,
+}
+
+/// The exit of one container.
+#[derive(Debug)]
+pub struct ExitWaiter(oneshot::Receiver<Result<ExitStatus, String>>);
+
+impl ExitWaiter {
+    /// Waits for the container to exit.
+    pub async fn wait(self) -> Result<ExitStatus, RuntimeError> {
+        match self.0.await {
+            Ok(Ok(status)) => Ok(status),
+            Ok(Err(reason)) => Err(RuntimeError::HelperDied { reason }),
+            Err(_) => Err(RuntimeError::HelperDied {
+                reason: "the runtime helper stopped answering".into(),
+            }),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Pending {
+    replies: HashMap<u64, oneshot::Sender<Reply>>,
+    exits: HashMap<String, oneshot::Sender<Result<ExitStatus, String>>>,
+    /// Set once the helper is gone; every later request fails with it.
+    dead: Option<String>,
+}
+
+struct Shared {
+    sock: OwnedFd,
+    send_lock: Mutex<()>,
+    pending: Mutex<Pending>,
+    seq: AtomicU64,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // The helper sees end-of-file, kills what still runs and exits.
+        let _ = nix::sys::socket::shutdown(self.sock.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+    }
+}
+
+/// A handle on the runtime helper; cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// Starts the helper and waits until it serves.
+    ///
+    /// The helper is started from a thread of its own that lives as long as the helper: the
+    /// kernel ties the parent-death signal to the parent *thread*, and the thread also reads
+    /// the helper's messages.
+    pub fn start(options: RuntimeOptions) -> Result<Runtime, RuntimeError> {
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| RuntimeError::Spawn {
+            program: options.program.display().to_string(),
+            source: e.into(),
+        })?;
+        let reader_sock = ours.try_clone().map_err(|source| RuntimeError::Spawn {
+            program: options.program.display().to_string(),
+            source,
+        })?;
+        let shared = Arc::new(Shared {
+            sock: ours,
+            send_lock: Mutex::new(()),
+            pending: Mutex::new(Pending::default()),
+            seq: AtomicU64::new(1),
+        });
+        let weak = Arc::downgrade(&shared);
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let program = options.program.display().to_string();
+        std::thread::Builder::new()
+            .name("cairn-runtime".into())
+            .spawn(move || {
+                let child = match spawn_helper(&options, theirs, reader_sock.as_fd()) {
+                    Ok(child) => {
+                        let _ = started_tx.send(Ok(()));
+                        child
+                    }
+                    Err(e) => {
+                        let _ = started_tx.send(Err(e));
+                        return;
+                    }
+                };
+                read_loop(reader_sock, weak, child);
+            })
+            .map_err(|source| RuntimeError::Spawn {
+                program: program.clone(),
+                source,
+            })?;
+        started_rx.recv().map_err(|_| RuntimeError::Handshake {
+            pid: 0,
+            reason: "the thread starting the runtime helper died".into(),
+        })??;
+        Ok(Runtime { shared })
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.shared.seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    async fn call(
+        &self,
+        seq: u64,
+        request: &Request,
+        fds: &[std::os::fd::RawFd],
+    ) -> Result<Reply, RuntimeError> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut pending = self
+                .shared
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(reason) = &pending.dead {
+                return Err(RuntimeError::HelperDied {
+                    reason: reason.clone(),
+                });
+            }
+            pending.replies.insert(seq, tx);
+        }
+        {
+            let _guard = self
+                .shared
+                .send_lock
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            proto::send(self.shared.sock.as_fd(), request, fds).map_err(|e| {
+                RuntimeError::HelperDied {
+                    reason: format!("cannot send to the runtime helper: {e}"),
+                }
+            })?;
+        }
+        rx.await.map_err(|_| RuntimeError::HelperDied {
+            reason: self.death_reason(),
+        })
+    }
+
+    fn death_reason(&self) -> String {
+        let pending = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        pending
+            .dead
+            .clone()
+            .unwrap_or_else(|| "the runtime helper stopped answering".into())
+    }
+
+    /// Creates and starts the container `id` with the bundle directory `bundle` (the helper
+    /// writes `config.json` and an empty `rootfs/` there).
+    pub async fn create(
+        &self,
+        id: &str,
+        bundle: &Path,
+        config: ContainerConfig,
+        stdio: ContainerStdio,
+    ) -> Result<Started, RuntimeError> {
+        let seq = self.next_seq();
+        let (exit_tx, exit_rx) = oneshot::channel();
+        self.shared
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .exits
+            .insert(id.to_owned(), exit_tx);
+        let request = Request::Create {
+            seq,
+            id: id.to_owned(),
+            bundle: bundle.to_owned(),
+            config: Box::new(config),
+        };
+        let fds = [
+            stdio.stdin.as_raw_fd(),
+            stdio.stdout.as_raw_fd(),
+            stdio.stderr.as_raw_fd(),
+        ];
+        let reply = self.call(seq, &request, &fds).await;
+        // The helper holds its own copies now.
+        drop(stdio);
+        let forget_exit = || {
+            self.shared
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .exits
+                .remove(id);
+        };
+        match reply {
+            Ok(Reply::Created { pid, .. }) => Ok(Started {
+                pid,
+                exit: ExitWaiter(exit_rx),
+            }),
+            Ok(Reply::Failed { message, .. }) => {
+                forget_exit();
+                Err(RuntimeError::Create {
+                    id: id.to_owned(),
+                    message,
+                })
+            }
+            Ok(other) => {
+                forget_exit();
+                Err(RuntimeError::HelperDied {
+                    reason: format!("unexpected answer {other:?}"),
+                })
+            }
+            Err(e) => {
+                forget_exit();
+                Err(e)
+            }
+        }
+    }
+
+    /// Sends `signal` to the container's init (which forwards it to the command).
+    pub async fn signal(&self, id: &str, signal: i32) -> Result<(), RuntimeError> {
+        let seq = self.next_seq();
+        let request = Request::Signal {
+            seq,
+            id: id.to_owned(),
+            signal,
+        };
+        self.expect_done(id, self.call(seq, &request, &[]).await)
+    }
+
+    /// Kills and deletes the runtime state of a container that a dead engine left behind.
+    pub async fn reap(&self, id: &str) -> Result<(), RuntimeError> {
+        let seq = self.next_seq();
+        let request = Request::Reap {
+            seq,
+            id: id.to_owned(),
+        };
+        self.expect_done(id, self.call(seq, &request, &[]).await)
+    }
+
+    fn expect_done(
+        &self,
+        id: &str,
+        reply: Result<Reply, RuntimeError>,
+    ) -> Result<(), RuntimeError> {
+        match reply? {
+            Reply::Done { .. } => Ok(()),
+            Reply::Failed { message, .. } => Err(RuntimeError::Container {
+                id: id.to_owned(),
+                message,
+            }),
+            other => Err(RuntimeError::HelperDied {
+                reason: format!("unexpected answer {other:?}"),
+            }),
+        }
+    }
+}
+
+fn spawn_helper(
+    options: &RuntimeOptions,
+    theirs: OwnedFd,
+    ours: std::os::fd::BorrowedFd<'_>,
+) -> Result<std::process::Child, RuntimeError> {
+    let program = options.program.display().to_string();
+    let spawn_err = |source| RuntimeError::Spawn {
+        program: program.clone(),
+        source,
+    };
+    let mode = match &options.mapping {
+        None => "root",
+        Some(m) if m.is_full() => "rootless",
+        Some(_) => "rootless-single",
+    };
+    let mut command = Command::new(&options.program);
+    command
+        .arg(RUNTIME_HELPER_ARG)
+        .arg(&options.state_root)
+        .arg(mode)
+        .env(PARENT_ENV, std::process::id().to_string())
+        .stdin(Stdio::from(theirs.try_clone().map_err(spawn_err)?))
+        .stdout(Stdio::from(theirs));
+    if options.mapping.is_some() {
+        command.env(crate::HELPER_ENV, "1");
+    }
+    let mut child = command.spawn().map_err(spawn_err)?;
+    if let Some(mapping) = &options.mapping {
+        let pid = child.id();
+        let mut buf = [0u8; 512];
+        let read_line = || -> std::io::Result<String> {
+            let n = nix::unistd::read(ours, &mut buf)?;
+            Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+        };
+        let write_line = |line: &str| -> std::io::Result<()> {
+            nix::unistd::write(ours, line.as_bytes())?;
+            Ok(())
+        };
+        if let Err(e) = crate::userns::map_after_ready(pid, mapping, read_line, write_line) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+    }
+    debug!(pid = child.id(), mode, "runtime helper started");
+    Ok(child)
+}
+
+/// Dispatches the helper's messages until it goes away, then fails everything still waiting.
+fn read_loop(sock: OwnedFd, shared: Weak<Shared>, mut child: std::process::Child) {
+    let mut buf = Vec::new();
+    let reason = loop {
+        match proto::recv::<Reply>(sock.as_fd(), &mut buf) {
+            Ok(Some((reply, _))) => {
+                let Some(shared) = shared.upgrade() else {
+                    break String::new();
+                };
+                let mut pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
+                match reply {
+                    Reply::Exited { id, status } => {
+                        if let Some(tx) = pending.exits.remove(&id) {
+                            let _ = tx.send(Ok(status));
+                        }
+                    }
+                    Reply::Created { seq, .. }
+                    | Reply::Done { seq }
+                    | Reply::Failed { seq, .. } => {
+                        if let Some(tx) = pending.replies.remove(&seq) {
+                            let _ = tx.send(reply);
+                        }
+                    }
+                }
+            }
+            Ok(None) => break "the runtime helper exited".to_owned(),
+            Err(e) => break format!("reading from the runtime helper: {e}"),
+        }
+    };
+    let status = child.wait();
+    let reason = match status {
+        Ok(s) if !reason.is_empty() => format!("{reason} ({s})"),
+        _ => reason,
+    };
+    if let Some(shared) = shared.upgrade() {
+        let mut pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.dead = Some(reason.clone());
+        pending.replies.clear();
+        for (_, tx) in pending.exits.drain() {
+            let _ = tx.send(Err(reason.clone()));
+        }
+    }
+}

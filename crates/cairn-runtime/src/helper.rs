@@ -1,0 +1,395 @@
+//! The runtime helper: the single-threaded process in which libcontainer runs.
+//!
+//! libcontainer clones the calling process without glibc's fork handlers, changes its working
+//! directory and dumpable flag, and lets its signal mask leak into containers; it is not safe
+//! in a multithreaded engine. So each engine starts one long-lived helper (its own program,
+//! re-executed with [`RUNTIME_HELPER_ARG`]) and sends it requests over a socket. The helper:
+//!
+//! - runs as root, or for a rootless store inside the store's user namespace (made with
+//!   checked `newuidmap`/`newgidmap` by [`crate::spawn_in_user_namespace`]'s machinery), with
+//!   a cgroup namespace of its own and cgroup2 mounted over `/sys/fs/cgroup` so libcgroups
+//!   skips what an unprivileged user cannot write;
+//! - creates and starts containers, their init being cairn's reaper ([`crate::init_process`]);
+//! - watches every container's init through a pidfd in one `poll` loop, deletes its state when
+//!   it exits and reports the exit status;
+//! - dies with the engine (parent-death signal), and the containers die with it.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+use tracing::{debug, warn};
+
+use crate::config::{ContainerConfig, Network};
+use crate::init_process::ReaperExecutor;
+use crate::proto::{self, Reply, Request};
+use crate::spec::{build_spec, SpecContext};
+use crate::{sys, ExitStatus};
+
+/// The first argument that makes a program serve as the runtime helper (see [`crate::init`]).
+pub const RUNTIME_HELPER_ARG: &str = "__cairn-runtime-helper";
+
+/// Set by the engine to its own pid: a helper whose parent is someone else exits at once
+/// (the engine died between spawning it and the helper arming its parent-death signal).
+pub(crate) const PARENT_ENV: &str = "_CAIRN_RUNTIME_PARENT";
+
+struct Running {
+    pid: Pid,
+    pidfd: OwnedFd,
+    container: Container,
+}
+
+struct Server {
+    /// libcontainer's state root: one directory per container.
+    state_root: PathBuf,
+    rootless: bool,
+    single_id: bool,
+    running: HashMap<String, Running>,
+}
+
+/// Serves requests on stdin (a `SOCK_SEQPACKET` socket) until the engine goes away. The
+/// arguments after [`RUNTIME_HELPER_ARG`] are the state root and `root`, `rootless` or
+/// `rootless-single`.
+pub fn serve(args: &[std::ffi::OsString]) -> ! {
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    if let Some(parent) = std::env::var(PARENT_ENV)
+        .ok()
+        .and_then(|p| p.parse::<i32>().ok())
+    {
+        if nix::unistd::getppid().as_raw() != parent {
+            std::process::exit(0);
+        }
+    }
+    let (Some(state_root), Some(mode)) = (args.first(), args.get(1)) else {
+        eprintln!("cairn runtime helper: usage: {RUNTIME_HELPER_ARG} STATE_ROOT MODE");
+        std::process::exit(2);
+    };
+    let rootless = mode != "root";
+    if rootless {
+        if let Err(e) = own_cgroup_view() {
+            // Containers still run; only cgroup setup fails later if it is asked for.
+            warn!("runtime helper: no cgroup namespace of its own: {e}");
+        }
+    }
+    let mut server = Server {
+        state_root: PathBuf::from(state_root),
+        rootless,
+        single_id: mode == "rootless-single",
+        running: HashMap::new(),
+    };
+    let sock = std::io::stdin();
+    let mut buf = Vec::new();
+    loop {
+        let ids: Vec<String> = server.running.keys().cloned().collect();
+        let mut fds = vec![PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
+        fds.extend(
+            ids.iter()
+                .map(|id| PollFd::new(server.running[id].pidfd.as_fd(), PollFlags::POLLIN)),
+        );
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                eprintln!("cairn runtime helper: poll: {e}");
+                server.shutdown();
+            }
+        }
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        drop(fds);
+        for (id, _) in ids.iter().zip(&ready[1..]).filter(|(_, r)| **r) {
+            server.finish(sock.as_fd(), id);
+        }
+        if ready[0] {
+            match proto::recv::<Request>(sock.as_fd(), &mut buf) {
+                Ok(Some((request, fds))) => server.handle(sock.as_fd(), request, fds),
+                Ok(None) => server.shutdown(),
+                Err(e) => {
+                    eprintln!("cairn runtime helper: {e}");
+                    server.shutdown();
+                }
+            }
+        }
+    }
+}
+
+/// A cgroup namespace with cgroup2 mounted over `/sys/fs/cgroup`, in the helper's own mount
+/// namespace: libcgroups then sees a unified hierarchy it may not write and leaves it alone,
+/// instead of failing on the host's v1 hierarchies (libcontainer-facts: "no flag skips it").
+fn own_cgroup_view() -> nix::Result<()> {
+    use nix::mount::{mount, MsFlags};
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )?;
+    mount(
+        Some("cgroup2"),
+        "/sys/fs/cgroup",
+        Some("cgroup2"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+}
+
+impl Server {
+    fn handle(&mut self, sock: BorrowedFd<'_>, request: Request, fds: Vec<OwnedFd>) {
+        let reply = match request {
+            Request::Create {
+                seq,
+                id,
+                bundle,
+                config,
+            } => match self.create(&id, &bundle, *config, fds) {
+                Ok(pid) => Reply::Created {
+                    seq,
+                    pid: pid.as_raw(),
+                },
+                Err(message) => Reply::Failed { seq, message },
+            },
+            Request::Signal { seq, id, signal } => match self.signal(&id, signal) {
+                Ok(()) => Reply::Done { seq },
+                Err(message) => Reply::Failed { seq, message },
+            },
+            Request::Reap { seq, id } => match self.reap_stale(&id) {
+                Ok(()) => Reply::Done { seq },
+                Err(message) => Reply::Failed { seq, message },
+            },
+        };
+        if let Err(e) = proto::send(sock, &reply, &[]) {
+            eprintln!("cairn runtime helper: cannot answer: {e}");
+            self.shutdown();
+        }
+    }
+
+    fn create(
+        &mut self,
+        id: &str,
+        bundle: &Path,
+        config: ContainerConfig,
+        fds: Vec<OwnedFd>,
+    ) -> Result<Pid, String> {
+        let [stdin, stdout, stderr]: [OwnedFd; 3] = fds
+            .try_into()
+            .map_err(|fds: Vec<OwnedFd>| format!("expected 3 stdio fds, got {}", fds.len()))?;
+        if self.running.contains_key(id) {
+            return Err(format!("container {id} exists already"));
+        }
+        let rootfs = bundle.join("rootfs");
+        std::fs::create_dir_all(&rootfs)
+            .map_err(|e| format!("create {}: {e}", rootfs.display()))?;
+        let netns = match config.network {
+            Network::None => Some(new_loopback_netns()?),
+            Network::Host => None,
+        };
+        let ctx = SpecContext {
+            rootless: self.rootless,
+            single_id: self.single_id,
+            cgroups_path: format!("/cairn/{id}"),
+            netns_path: netns.as_ref().map(|(_, path)| path.clone()),
+        };
+        let mut spec = build_spec(&config, &ctx).map_err(|e| e.to_string())?;
+        // The reaper changes into the working directory itself, creating it if missing as
+        // Docker does; libcontainer would fail on a missing one.
+        if let Some(process) = spec.process_mut() {
+            process.set_cwd("/".into());
+        }
+        let config_path = bundle.join("config.json");
+        spec.save(&config_path)
+            .map_err(|e| format!("write {}: {e}", config_path.display()))?;
+        let executor = ReaperExecutor {
+            cwd: config.cwd.clone(),
+            tty: config.tty,
+        };
+        let built = ContainerBuilder::new(id.to_owned(), SyscallType::default())
+            .with_root_path(&self.state_root)
+            .map_err(|e| format!("state directory {}: {e}", self.state_root.display()))?
+            .with_executor(executor)
+            .with_stdin(stdin)
+            .with_stdout(stdout)
+            .with_stderr(stderr)
+            .as_init(bundle)
+            .with_systemd(false)
+            .with_detach(true)
+            .build();
+        let mut container = match built {
+            Ok(c) => c,
+            Err(e) => {
+                self.remove_state(id);
+                return Err(format!("create container: {e}"));
+            }
+        };
+        drop(netns);
+        if let Err(e) = container.start() {
+            let _ = container.delete(true);
+            self.remove_state(id);
+            return Err(format!("start container: {e}"));
+        }
+        let pid = container
+            .pid()
+            .map(|p| Pid::from_raw(p.as_raw()))
+            .ok_or_else(|| "libcontainer reported no pid".to_owned())?;
+        let pidfd = match sys::pidfd_open(pid) {
+            Ok(fd) => fd,
+            Err(e) => {
+                let _ = container.delete(true);
+                return Err(format!("watch container init {pid}: {e}"));
+            }
+        };
+        debug!(id, %pid, "container started");
+        self.running.insert(
+            id.to_owned(),
+            Running {
+                pid,
+                pidfd,
+                container,
+            },
+        );
+        Ok(pid)
+    }
+
+    fn signal(&mut self, id: &str, signal: i32) -> Result<(), String> {
+        let running = self
+            .running
+            .get(id)
+            .ok_or_else(|| format!("no running container {id}"))?;
+        let signal = Signal::try_from(signal).map_err(|e| format!("signal {signal}: {e}"))?;
+        match nix::sys::signal::kill(running.pid, signal) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+            Err(e) => Err(format!("signal container {id}: {e}")),
+        }
+    }
+
+    /// The container's init exited: collect its status, delete its state, report.
+    fn finish(&mut self, sock: BorrowedFd<'_>, id: &str) {
+        let Some(mut running) = self.running.remove(id) else {
+            return;
+        };
+        let status = loop {
+            match waitpid(running.pid, None) {
+                Ok(WaitStatus::Exited(_, code)) => break ExitStatus::Code(code),
+                Ok(WaitStatus::Signaled(_, signal, _)) => break ExitStatus::Signal(signal as i32),
+                Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    warn!(id, error = %e, "waitpid on container init");
+                    break ExitStatus::Signal(Signal::SIGKILL as i32);
+                }
+            }
+        };
+        if let Err(e) = running.container.delete(true) {
+            warn!(id, error = %e, "delete container state");
+            self.remove_state(id);
+        }
+        debug!(id, ?status, "container exited");
+        if let Err(e) = proto::send(
+            sock,
+            &Reply::Exited {
+                id: id.to_owned(),
+                status,
+            },
+            &[],
+        ) {
+            eprintln!("cairn runtime helper: cannot report exit: {e}");
+            self.shutdown();
+        }
+    }
+
+    /// A container whose engine died: kill whatever is left of it and delete its state.
+    fn reap_stale(&mut self, id: &str) -> Result<(), String> {
+        let dir = self.state_root.join(id);
+        if !dir.exists() {
+            return Ok(());
+        }
+        match Container::load(dir.clone()) {
+            Ok(mut container) => {
+                if let Some(pid) = container.pid() {
+                    let _ = nix::sys::signal::kill(Pid::from_raw(pid.as_raw()), Signal::SIGKILL);
+                }
+                if let Err(e) = container.delete(true) {
+                    debug!(id, error = %e, "delete stale container");
+                }
+            }
+            Err(e) => debug!(id, error = %e, "load stale container"),
+        }
+        self.remove_state(id);
+        Ok(())
+    }
+
+    fn remove_state(&self, id: &str) {
+        let dir = self.state_root.join(id);
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                warn!(path = %dir.display(), error = %e, "remove container state");
+            }
+        }
+    }
+
+    /// The engine is gone: kill every container, delete their state, exit.
+    fn shutdown(&mut self) -> ! {
+        for (id, mut running) in self.running.drain() {
+            let _ = nix::sys::signal::kill(running.pid, Signal::SIGKILL);
+            let _ = waitpid(running.pid, None);
+            if running.container.delete(true).is_err() {
+                let _ = std::fs::remove_dir_all(self.state_root.join(&id));
+            }
+        }
+        std::process::exit(0)
+    }
+}
+
+/// A new network namespace with loopback up, held by an open descriptor. It is made in a
+/// forked child because a rootless helper could not return to the host's namespace after
+/// `unshare`; the child exits once the descriptor is open.
+fn new_loopback_netns() -> Result<(std::fs::File, PathBuf), String> {
+    let (read, write) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+    let child = match sys::fork_single_threaded().map_err(|e| format!("fork: {e}"))? {
+        sys::Forked::Child => {
+            drop(read);
+            let status: u8 = match nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                .and_then(|_| sys::loopback_up())
+            {
+                Ok(()) => 0,
+                Err(e) => e as i32 as u8,
+            };
+            let _ = nix::unistd::write(&write, &[status]);
+            // Wait until the parent has opened the namespace and killed us.
+            std::thread::sleep(std::time::Duration::from_secs(60));
+            sys::exit_now(0)
+        }
+        sys::Forked::Parent(child) => child,
+    };
+    drop(write);
+    let mut status = [255u8];
+    let got = nix::unistd::read(&read, &mut status);
+    let result = match (got, status[0]) {
+        (Ok(1), 0) => {
+            let ns = std::fs::File::open(format!("/proc/{child}/ns/net"))
+                .map_err(|e| format!("open network namespace: {e}"));
+            ns.map(|f| {
+                use std::os::fd::AsRawFd;
+                let path = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
+                (f, path)
+            })
+        }
+        (Ok(1), errno) => Err(format!(
+            "new network namespace: {}",
+            nix::errno::Errno::from_raw(errno as i32)
+        )),
+        _ => Err("new network namespace: helper child died".into()),
+    };
+    let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+    let _ = waitpid(child, None);
+    result
+}

@@ -1,0 +1,142 @@
+//! The one module of cairn with `unsafe`: raw syscalls that neither std nor nix wrap safely.
+//!
+//! Every function here is small and does one syscall-shaped thing; the reasoning about why it
+//! is sound sits next to each block.
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+use nix::unistd::{ForkResult, Pid};
+
+/// `pidfd_open(2)`: a file descriptor that becomes readable when `pid` exits. Lets one
+/// single-threaded loop wait for many containers without SIGCHLD handling (which would mean
+/// blocking signals, and the blocked mask would leak into containers).
+pub(crate) fn pidfd_open(pid: Pid) -> Result<OwnedFd, Errno> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory is
+    // shared with the kernel.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: the kernel just returned this fd to us and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// The two sides of `fork(2)` as cairn uses them.
+pub(crate) enum Forked {
+    /// In the parent: the child's pid.
+    Parent(Pid),
+    /// In the child.
+    Child,
+}
+
+/// `fork(2)`, for single-threaded processes only: the runtime helper and a container's init.
+///
+/// Callers guarantee there is exactly one thread (both run from `main` of a helper that
+/// never starts threads, or inside a freshly cloned container init), so no lock held by
+/// another thread can be inherited locked.
+pub(crate) fn fork_single_threaded() -> Result<Forked, Errno> {
+    // SAFETY: see above: the process has one thread, so the child can run arbitrary code.
+    match unsafe { nix::unistd::fork() }? {
+        ForkResult::Parent { child } => Ok(Forked::Parent(child)),
+        ForkResult::Child => Ok(Forked::Child),
+    }
+}
+
+/// Brings the loopback interface of the current network namespace up (`ip link set lo up`).
+pub(crate) fn loopback_up() -> Result<(), Errno> {
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads the interface named in `req` and writes its flags into
+    // `req`, which lives for the duration of the call.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: the union member `ifru_flags` is the one SIOCGIFFLAGS filled in.
+    unsafe {
+        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    }
+    // SAFETY: as above; SIOCSIFFLAGS only reads `req`.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
+/// `ioctl(fd, TIOCSCTTY, 0)`: makes the terminal `fd` the controlling terminal of the calling
+/// session leader.
+pub(crate) fn set_controlling_terminal(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    // SAFETY: TIOCSCTTY takes an integer argument and touches no memory of ours.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSCTTY, 0) } < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
+/// Window size of a terminal, `TIOCGWINSZ`.
+pub(crate) fn window_size(fd: BorrowedFd<'_>) -> Result<libc::winsize, Errno> {
+    // SAFETY: winsize is plain old data; zero is valid.
+    let mut size: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ writes one winsize into `size`, which outlives the call.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut size) } < 0 {
+        return Err(Errno::last());
+    }
+    Ok(size)
+}
+
+/// Sets the window size of a terminal, `TIOCSWINSZ`.
+pub(crate) fn set_window_size(fd: BorrowedFd<'_>, size: &libc::winsize) -> Result<(), Errno> {
+    // SAFETY: TIOCSWINSZ reads one winsize from `size`, which outlives the call.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, size) } < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
+/// Resets every signal to its default disposition, so that an `exec`ed command starts as a
+/// freshly started program would (the init process changed nothing but may have inherited
+/// ignored signals from libcontainer's setup).
+pub(crate) fn reset_signal_dispositions() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    for signal in Signal::iterator() {
+        if matches!(signal, Signal::SIGKILL | Signal::SIGSTOP) {
+            continue;
+        }
+        // SAFETY: installing SIG_DFL runs no code of ours in signal context.
+        let _ = unsafe { sigaction(signal, &default) };
+    }
+}
+
+/// `execvp(3)` that returns only the error.
+pub(crate) fn exec(args: &[CString]) -> Errno {
+    match nix::unistd::execvp(&args[0], args) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+/// Takes ownership of a descriptor that arrived with `SCM_RIGHTS`.
+pub(crate) fn own_received_fd(fd: RawFd) -> OwnedFd {
+    // SAFETY: the kernel installed this descriptor in our table while receiving the message;
+    // nothing else in the process knows its number, so this is its only owner.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// `_exit(2)`: ends a forked child without running the parent's exit handlers or flushing
+/// buffers it inherited.
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit takes an int and never returns; it touches no memory of ours.
+    unsafe { libc::_exit(code) }
+}
