@@ -5,15 +5,17 @@
 //!
 //! - **Default: refuse.** A call that no rule names fails with `EPERM` (`defaultErrnoRet` 1)
 //!   and never reaches the kernel proper.
-//! - **One big allow rule** for the ~330 calls ordinary programs make: files, memory,
+//! - **One big allow rule** for the ~340 calls ordinary programs make: files, memory,
 //!   signals, sockets, System V and POSIX IPC, timers, scheduling, the 32-bit and `_time64`
 //!   variants, and the newer calls that modern libcs use (`clone3` aside, see below):
 //!   `statx`, `openat2`, `close_range`, `faccessat2`, `epoll_pwait2`, `futex_waitv`, `rseq`,
 //!   `pidfd_open`, `landlock_*`, `fchmodat2` and so on.
 //! - **Calls allowed only with certain arguments**: `clone` only without namespace flags (a
-//!   container must not make namespaces of its own: the `unshare` escape hatches of the
-//!   kernel's user-namespace code are a large attack surface); `personality` only for the
-//!   personas programs actually ask for; `socket` for every family but `AF_VSOCK`.
+//!   container makes no namespaces of its own: a new user namespace above all would open
+//!   kernel code to it that it cannot otherwise reach); `personality` only for the personas
+//!   programs actually ask for; `socket` for every family but `AF_VSOCK` (32-bit programs
+//!   can still reach it through `socketcall`, whose arguments seccomp cannot see, as with
+//!   Docker).
 //! - **`clone3` fails with `ENOSYS`**: its flags live in a struct that seccomp cannot
 //!   inspect, so it cannot get `clone`'s argument rule; `ENOSYS` makes glibc and others fall
 //!   back to `clone` (with `EPERM` they would fail instead).
@@ -51,7 +53,7 @@ use oci_spec::runtime::{
 
 /// The namespace flags of `clone(2)`: `CLONE_NEWNS`, `CLONE_NEWCGROUP`, `CLONE_NEWUTS`,
 /// `CLONE_NEWIPC`, `CLONE_NEWUSER`, `CLONE_NEWPID` and `CLONE_NEWNET` (0x7E020000).
-pub(crate) const CLONE_NAMESPACE_FLAGS: u64 = (libc::CLONE_NEWNS
+const CLONE_NAMESPACE_FLAGS: u64 = (libc::CLONE_NEWNS
     | libc::CLONE_NEWCGROUP
     | libc::CLONE_NEWUTS
     | libc::CLONE_NEWIPC

@@ -19,8 +19,10 @@
 //! 4. **Paths hidden or frozen**: Docker's masked paths (`/proc/kcore`, `/sys/firmware` …)
 //!    and read-only paths (`/proc/sys`, `/proc/sysrq-trigger` …).
 //! 5. **Privileges**: Docker's 14 default capabilities in the bounding set (and effective and
-//!    permitted for uid 0 only, as Docker 20.10+ does), `no_new_privileges`, and
-//!    [Docker's seccomp profile](crate::seccomp).
+//!    permitted for uid 0 only, as Docker 20.10+ does), `no_new_privileges`, and Docker's
+//!    default seccomp profile (written out in the crate's private `seccomp` module: calls
+//!    refused with `EPERM` unless allowed, `clone` without namespace flags, `clone3` →
+//!    `ENOSYS`).
 //! 6. **cgroup limits**: memory, pids and CPU when asked for, and (when not rootless) the
 //!    device rules that keep `CAP_MKNOD` from opening host devices.
 //!
@@ -286,7 +288,8 @@ fn system_mounts(network: Network, ctx: &SpecContext) -> Result<Vec<Mount>, Runt
             "/sys",
             "bind",
             "/sys",
-            ["rbind", "nosuid", "noexec", "nodev", "ro"],
+            // `rro`: read-only all the way down; `ro` alone leaves submounts writable.
+            ["rbind", "nosuid", "noexec", "nodev", "ro", "rro"],
         )?
     } else {
         mount(
@@ -338,7 +341,8 @@ fn extra_mount(extra: &ExtraMount) -> Result<Mount, RuntimeError> {
             }
             let mut options = vec!["rbind"];
             if *readonly {
-                options.push("ro");
+                // `rro` makes submounts of the bound tree read-only too.
+                options.extend(["ro", "rro"]);
             }
             mount(destination, "bind", source, options)
         }

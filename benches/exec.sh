@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Start-to-exit latency of `true`: `cairn exec` (as root and as a plain user) against
+# `crun run` and `runc run` on the same root filesystem and `podman run --rm` of the same
+# image, run side by side (interleaved, so machine noise hits every tool alike). Prints
+# medians and ratios to cairn as root.
+#
+#   benches/exec.sh [ROUNDS]            default: 30 rounds, the busybox fixture image
+#
+# Needs the fixtures (rootfs-fixtures/setup.sh) and root. crun needs a cgroup namespace of its
+# own on this hybrid-cgroup host (../shared/notes/host-facts.md); podman runs with runc.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${1:-30}
+[ "$(id -u)" = 0 ] || { echo "exec.sh: run as root" >&2; exit 1; }
+. .fixtures/env
+REF=$CAIRN_TEST_REGISTRY/fixtures/busybox:latest
+cargo build --release -p cairn-cli >/dev/null 2>&1
+WORK=$(mktemp -d /var/tmp/cairn-exec-bench.XXXXXX)
+chmod 755 "$WORK"
+trap 'rm -rf "$WORK"' EXIT
+install -m 755 target/release/cairn "$WORK/cairn"
+CAIRN=$WORK/cairn
+
+export DEBIAN_FRONTEND=noninteractive
+for p in crun runc podman; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+    apt-get install -y --no-install-recommends "$p" >/dev/null 2>&1 || echo "note: $p not installable" >&2
+done
+
+# A plain user with a subordinate id range, for rootless cairn.
+BENCH_USER=cairn-bench
+id "$BENCH_USER" >/dev/null 2>&1 || useradd -m "$BENCH_USER"
+grep -q "^$BENCH_USER:" /etc/subuid || echo "$BENCH_USER:300000:65536" >>/etc/subuid
+grep -q "^$BENCH_USER:" /etc/subgid || echo "$BENCH_USER:300000:65536" >>/etc/subgid
+
+# Stores with the image present, and one bundle for runc and crun from cairn's export.
+"$CAIRN" --root "$WORK/cairn-root" pull "$REF" >/dev/null
+mkdir -p "$WORK/user"; chown "$BENCH_USER" "$WORK/user"
+su "$BENCH_USER" -c "$CAIRN --root $WORK/user/store pull $REF" >/dev/null
+mkdir -p "$WORK/bundle"
+"$CAIRN" --root "$WORK/cairn-root" export "$REF" "$WORK/bundle/rootfs"
+(cd "$WORK/bundle" && runc spec && sed -i 's/"terminal": true/"terminal": false/; s/"sh"/"true"/' config.json)
+# crun: the same bundle, rootless-style spec (it runs in its own user namespace here).
+mkdir -p "$WORK/crun"
+ln -s "$WORK/bundle/rootfs" "$WORK/crun/rootfs"
+(cd "$WORK/crun" && crun spec --rootless && sed -i 's/"terminal": true/"terminal": false/; s/"sh"/"true"/' config.json)
+PODMAN=(podman --root "$WORK/podman/root" --runroot "$WORK/podman/run" --storage-driver overlay --runtime runc)
+"${PODMAN[@]}" pull --tls-verify=false "$REF" >/dev/null 2>&1 || echo "note: podman pull failed" >&2
+
+now() { date +%s%N; }
+declare -A TIMES
+run() { # tool command...
+  local tool=$1; shift
+  local t0; t0=$(now)
+  if "$@" >/dev/null 2>"$WORK/err"; then
+    TIMES[$tool]+="$(( ($(now) - t0) / 100000 )) "
+  else
+    echo "note: $tool failed: $(tail -1 "$WORK/err")" >&2
+  fi
+}
+
+n=0
+for round in $(seq "$ROUNDS"); do
+  n=$((n + 1))
+  run "cairn exec (root)" "$CAIRN" --root "$WORK/cairn-root" exec "$REF" -- true
+  run "cairn exec (rootless)" su "$BENCH_USER" -c "$CAIRN --root $WORK/user/store exec $REF -- true"
+  run "su (baseline)" su "$BENCH_USER" -c true
+  run "runc run" runc --root "$WORK/runc-state" run --bundle "$WORK/bundle" "b$n"
+  run "crun run" unshare --user --map-root-user --mount --cgroup sh -c \
+    "mount -t cgroup2 cgroup2 /sys/fs/cgroup && exec crun --root $WORK/crun-state run --bundle $WORK/crun c$n"
+  run "podman run --rm" "${PODMAN[@]}" run --rm --network host "$REF" true
+done
+
+echo
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -r)"
+echo "rounds: $ROUNDS (median ms; ratio = tool / cairn exec as root, higher means cairn is faster)"
+med() { printf '%s\n' $1 | sort -n | awk '{a[NR]=$1} END{printf "%.1f", a[int((NR+1)/2)]/10}'; }
+base=$(med "${TIMES[cairn exec (root)]:-0}")
+for tool in "cairn exec (root)" "cairn exec (rootless)" "su (baseline)" "runc run" "crun run" "podman run --rm"; do
+  vals=${TIMES[$tool]:-}
+  [ -n "$vals" ] || continue
+  m=$(med "$vals")
+  ratio=$(awk -v m="$m" -v b="$base" 'BEGIN{ if (b>0) printf "%.2f", m/b; else print "-" }')
+  printf '%-24s median %7s ms   ratio %5s\n' "$tool" "$m" "$ratio"
+done
+echo "(rootless cairn includes su's own start-up: compare with the su baseline)"
