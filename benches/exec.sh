@@ -14,11 +14,14 @@ ROUNDS=${1:-30}
 [ "$(id -u)" = 0 ] || { echo "exec.sh: run as root" >&2; exit 1; }
 . .fixtures/env
 REF=$CAIRN_TEST_REGISTRY/fixtures/busybox:latest
-cargo build --release -p cairn-cli >/dev/null 2>&1
+if [ -z "${CAIRN_BIN:-}" ]; then
+  cargo build --release -p cairn-cli >/dev/null || { echo "exec.sh: cargo build failed" >&2; exit 1; }
+  CAIRN_BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/cairn
+fi
 WORK=$(mktemp -d /var/tmp/cairn-exec-bench.XXXXXX)
 chmod 755 "$WORK"
-trap 'rm -rf "$WORK"' EXIT
-install -m 755 target/release/cairn "$WORK/cairn"
+trap 'podman --root "$WORK/podman/root" --runroot "$WORK/podman/run" --storage-driver overlay system reset -f >/dev/null 2>&1 || true; rm -rf "$WORK"' EXIT
+install -m 755 "$CAIRN_BIN" "$WORK/cairn"
 CAIRN=$WORK/cairn
 
 export DEBIAN_FRONTEND=noninteractive
@@ -45,6 +48,8 @@ mkdir -p "$WORK/crun"
 ln -s "$WORK/bundle/rootfs" "$WORK/crun/rootfs"
 (cd "$WORK/crun" && crun spec --rootless && sed -i 's/"terminal": true/"terminal": false/; s/"sh"/"true"/' config.json)
 PODMAN=(podman --root "$WORK/podman/root" --runroot "$WORK/podman/run" --storage-driver overlay --runtime runc)
+# Root lacks CAP_SYS_RESOURCE on these hosts: podman's default nofile/nproc limits fail.
+PODMAN_RUN=(run --rm --network host --ulimit nofile=1024:1024 --ulimit nproc=4096:4096)
 "${PODMAN[@]}" pull --tls-verify=false "$REF" >/dev/null 2>&1 || echo "note: podman pull failed" >&2
 
 now() { date +%s%N; }
@@ -68,7 +73,7 @@ for round in $(seq "$ROUNDS"); do
   run "runc run" runc --root "$WORK/runc-state" run --bundle "$WORK/bundle" "b$n"
   run "crun run" unshare --user --map-root-user --mount --cgroup sh -c \
     "mount -t cgroup2 cgroup2 /sys/fs/cgroup && exec crun --root $WORK/crun-state run --bundle $WORK/crun c$n"
-  run "podman run --rm" "${PODMAN[@]}" run --rm --network host "$REF" true
+  run "podman run --rm" "${PODMAN[@]}" "${PODMAN_RUN[@]}" "$REF" true
 done
 
 echo

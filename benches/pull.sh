@@ -16,8 +16,11 @@ IMAGES=("$@")
 [ "$(id -u)" = 0 ] || { echo "pull.sh: run as root (podman, docker and the stores are root's)" >&2; exit 1; }
 . .fixtures/env
 REG=$CAIRN_TEST_REGISTRY
-cargo build --release -p cairn-cli >/dev/null 2>&1
-CAIRN=$PWD/target/release/cairn
+# CAIRN=path uses a binary built elsewhere; otherwise build one (and show why if that fails).
+if [ -z "${CAIRN:-}" ]; then
+  cargo build --release -p cairn-cli >/dev/null || { echo "pull.sh: cargo build failed" >&2; exit 1; }
+  CAIRN=${CARGO_TARGET_DIR:-$PWD/target}/release/cairn
+fi
 WORK=$(mktemp -d /var/tmp/cairn-bench.XXXXXX)
 trap 'stop_docker; rm -rf "$WORK"' EXIT
 

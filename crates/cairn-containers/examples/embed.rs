@@ -17,9 +17,7 @@ use cairn_containers::{Containers, ExecOptions};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     cairn_images::init();
-    let image = std::env::args()
-        .nth(1)
-        .ok_or("usage: embed IMAGE [ROOT]")?;
+    let image = std::env::args().nth(1).ok_or("usage: embed IMAGE [ROOT]")?;
     let root = std::env::args()
         .nth(2)
         .map(std::path::PathBuf::from)
@@ -29,7 +27,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let store = cairn_images::Store::open(cairn_images::StoreOptions::new(root))?;
         let containers = Containers::open(store).await?;
         let options = ExecOptions {
-            args: vec!["sh".into(), "-c".into(), "echo hello from $(hostname)".into()],
+            args: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo hello from $(hostname)".into(),
+            ],
             ..Default::default()
         };
         let running = containers

@@ -49,14 +49,17 @@ struct Running {
 struct Server {
     /// libcontainer's state root: one directory per container.
     state_root: PathBuf,
+    /// The seccomp profile compiled to BPF, once per helper (see [`crate::seccomp::compile`]).
+    seccomp: Option<std::sync::Arc<Vec<u8>>>,
     rootless: bool,
     single_id: bool,
     running: HashMap<String, Running>,
 }
 
 /// Serves requests on stdin (a `SOCK_SEQPACKET` socket) until the engine goes away. The
-/// arguments after [`RUNTIME_HELPER_ARG`] are the state root and `root`, `rootless` or
-/// `rootless-single`.
+/// arguments after [`RUNTIME_HELPER_ARG`] are the state root and the mode: `root` (real root,
+/// with a cgroup view of its own), `root-host-cgroups` (real root in the host's cgroup
+/// hierarchies, for containers with limits), `rootless` or `rootless-single`.
 pub fn serve(args: &[std::ffi::OsString]) -> ! {
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     if let Some(parent) = std::env::var(PARENT_ENV)
@@ -71,15 +74,17 @@ pub fn serve(args: &[std::ffi::OsString]) -> ! {
         eprintln!("cairn runtime helper: usage: {RUNTIME_HELPER_ARG} STATE_ROOT MODE");
         std::process::exit(2);
     };
-    let rootless = mode != "root";
-    if rootless {
+    let rootless = mode != "root" && mode != "root-host-cgroups";
+    if mode != "root-host-cgroups" {
         if let Err(e) = own_cgroup_view() {
-            // Containers still run; only cgroup setup fails later if it is asked for.
+            // Containers still run; libcgroups then works on the host's hierarchies, which
+            // fails for a plain user (it says so when a container is created).
             warn!("runtime helper: no cgroup namespace of its own: {e}");
         }
     }
     let mut server = Server {
         state_root: PathBuf::from(state_root),
+        seccomp: None,
         rootless,
         single_id: mode == "rootless-single",
         running: HashMap::new(),
@@ -122,12 +127,18 @@ pub fn serve(args: &[std::ffi::OsString]) -> ! {
     }
 }
 
-/// A cgroup namespace with cgroup2 mounted over `/sys/fs/cgroup`, in the helper's own mount
-/// namespace: libcgroups then sees a unified hierarchy it may not write and leaves it alone,
-/// instead of failing on the host's v1 hierarchies (libcontainer-facts: "no flag skips it").
+/// A cgroup namespace with cgroup2 mounted over `/sys/fs/cgroup`, in a mount namespace of the
+/// helper's own. libcgroups then sees a unified hierarchy: a plain user may not write it and
+/// libcgroups leaves it alone, instead of failing on the host's v1 hierarchies
+/// (libcontainer-facts: "no flag skips it"); root gets one cheap directory there instead of
+/// one in each of a v1 host's dozen hierarchies.
 fn own_cgroup_view() -> nix::Result<()> {
     use nix::mount::{mount, MsFlags};
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)?;
+    // A rootless helper has its own mount namespace from `init` already; for root this is
+    // the first one.
+    nix::sched::unshare(
+        nix::sched::CloneFlags::CLONE_NEWCGROUP | nix::sched::CloneFlags::CLONE_NEWNS,
+    )?;
     mount(
         None::<&str>,
         "/",
@@ -206,12 +217,28 @@ impl Server {
         if let Some(process) = spec.process_mut() {
             process.set_cwd("/".into());
         }
+        // The reaper installs the seccomp filter, compiled once here, instead of libcontainer
+        // compiling the same profile in every container.
+        let profile = spec
+            .linux_mut()
+            .as_mut()
+            .and_then(|l| l.seccomp_mut().take());
+        let seccomp = match (profile, &self.seccomp) {
+            (None, _) => None,
+            (Some(_), Some(compiled)) => Some(compiled.clone()),
+            (Some(profile), None) => {
+                let compiled = std::sync::Arc::new(crate::seccomp::compile(&profile)?);
+                self.seccomp = Some(compiled.clone());
+                Some(compiled)
+            }
+        };
         let config_path = bundle.join("config.json");
         spec.save(&config_path)
             .map_err(|e| format!("write {}: {e}", config_path.display()))?;
         let executor = ReaperExecutor {
             cwd: config.cwd.clone(),
             tty: config.tty,
+            seccomp,
         };
         let built = ContainerBuilder::new(id.to_owned(), SyscallType::default())
             .with_root_path(&self.state_root)

@@ -30,6 +30,9 @@ pub(crate) struct ReaperExecutor {
     pub(crate) cwd: String,
     /// Make stdin the controlling terminal and the command its foreground process group.
     pub(crate) tty: bool,
+    /// The compiled seccomp filter, installed before the command is forked (and so on this
+    /// init too, as libcontainer would have).
+    pub(crate) seccomp: Option<std::sync::Arc<Vec<u8>>>,
 }
 
 impl Executor for ReaperExecutor {
@@ -54,6 +57,12 @@ impl Executor for ReaperExecutor {
         // Credentials were changed before this point, which clears the parent-death signal;
         // set it now that nothing changes them any more.
         let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+        if let Some(program) = &self.seccomp {
+            if let Err(e) = sys::install_seccomp_filter(program) {
+                eprintln!("cairn: install seccomp filter: {e}");
+                std::process::exit(126);
+            }
+        }
         let all = SigSet::all();
         let _ = all.thread_block();
         if self.tty {

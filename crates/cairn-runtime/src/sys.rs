@@ -140,3 +140,39 @@ pub(crate) fn exit_now(code: i32) -> ! {
     // SAFETY: _exit takes an int and never returns; it touches no memory of ours.
     unsafe { libc::_exit(code) }
 }
+
+/// Installs a compiled seccomp filter (the bytes of `struct sock_filter`s) on the calling
+/// thread. `no_new_privs` must be set already.
+pub(crate) fn install_seccomp_filter(program: &[u8]) -> Result<(), Errno> {
+    if program.is_empty() || program.len() % std::mem::size_of::<libc::sock_filter>() != 0 {
+        return Err(Errno::EINVAL);
+    }
+    // Copy into properly aligned storage: `program` is a byte buffer.
+    let filters: Vec<libc::sock_filter> = program
+        .chunks_exact(8)
+        .map(|c| libc::sock_filter {
+            code: u16::from_ne_bytes([c[0], c[1]]),
+            jt: c[2],
+            jf: c[3],
+            k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
+        })
+        .collect();
+    let prog = libc::sock_fprog {
+        len: filters.len() as u16,
+        filter: filters.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: `prog` points at `filters`, which stays alive for the call; the kernel copies
+    // the program and keeps no pointer to our memory.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    if rc < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}

@@ -24,6 +24,15 @@ fn err(action: &'static str) -> impl FnOnce(nix::errno::Errno) -> RuntimeError {
 /// Opens a new pseudo-terminal, sized like `like` when that is a terminal.
 pub fn open_pty(like: Option<BorrowedFd<'_>>) -> Result<Pty, RuntimeError> {
     let pair = nix::pty::openpty(None, None).map_err(err("open a pseudo-terminal"))?;
+    // openpty does not set close-on-exec: without it, a helper started later would inherit
+    // the secondary side and the primary would never see the container hang up.
+    for fd in [&pair.master, &pair.slave] {
+        nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )
+        .map_err(err("set close-on-exec"))?;
+    }
     if let Some(size) = like.and_then(|fd| sys::window_size(fd).ok()) {
         sys::set_window_size(pair.slave.as_fd(), &size).map_err(err("set window size"))?;
     }
