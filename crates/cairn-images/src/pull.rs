@@ -162,7 +162,7 @@ impl Store {
         // Downloads run ahead, a few at a time; unpacking follows in layer order.
         let limit = Arc::new(Semaphore::new(inner.max_concurrent_downloads));
         let mut downloads = Vec::new();
-        for (i, (digest, size, _)) in layers.iter().enumerate() {
+        for (digest, size, _) in layers.iter() {
             if inner.content.contains(digest).unwrap_or(false) {
                 progress.already_present(digest);
                 downloads.push(None);

@@ -227,7 +227,7 @@ impl Server {
             (None, _) => None,
             (Some(_), Some(compiled)) => Some(compiled.clone()),
             (Some(profile), None) => {
-                let compiled = std::sync::Arc::new(crate::seccomp::compile(&profile)?);
+                let compiled = std::sync::Arc::new(self.compiled_filter(&profile)?);
                 self.seccomp = Some(compiled.clone());
                 Some(compiled)
             }
@@ -285,6 +285,40 @@ impl Server {
             },
         );
         Ok(pid)
+    }
+
+    /// The profile compiled to BPF, from a cache next to the state directories when an
+    /// earlier helper compiled the same profile (each `cairn exec` starts a fresh helper, and
+    /// compiling costs more than the rest of a container's start).
+    fn compiled_filter(
+        &self,
+        profile: &oci_spec::runtime::LinuxSeccomp,
+    ) -> Result<Vec<u8>, String> {
+        use sha2::Digest as _;
+        let text = serde_json::to_vec(profile).map_err(|e| format!("seccomp profile: {e}"))?;
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(b"cairn-seccomp-bpf-v1\0");
+        hasher.update(std::env::consts::ARCH.as_bytes());
+        hasher.update(format!("{:?}", libseccomp::ScmpVersion::current().ok()).as_bytes());
+        hasher.update(&text);
+        let dir = self.state_root.join(".seccomp");
+        let path = dir.join(format!("{}.bpf", hex::encode(hasher.finalize())));
+        if let Ok(bytes) = std::fs::read(&path) {
+            if !bytes.is_empty() && bytes.len() % 8 == 0 {
+                return Ok(bytes);
+            }
+        }
+        let bytes = crate::seccomp::compile(profile)?;
+        // Best effort: write-then-rename so a reader sees all of it or nothing.
+        let temp = dir.join(format!(".{}.tmp", std::process::id()));
+        let written = std::fs::create_dir_all(&dir)
+            .and_then(|_| std::fs::write(&temp, &bytes))
+            .and_then(|_| std::fs::rename(&temp, &path));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&temp);
+            debug!(path = %path.display(), error = %e, "cannot cache compiled seccomp filter");
+        }
+        Ok(bytes)
     }
 
     fn signal(&mut self, id: &str, signal: i32) -> Result<(), String> {
