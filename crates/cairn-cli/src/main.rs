@@ -110,7 +110,7 @@ fn main() -> ExitCode {
     let code = match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("cairn: {e:#}");
+            eprintln!("cairn: {}", one_line(&e));
             // As docker and podman do: 125 says the failure is cairn's, not the command's.
             if exec {
                 ExitCode::from(125)
@@ -122,6 +122,23 @@ fn main() -> ExitCode {
     // Do not wait for threads still blocked on the terminal (an `exec -i` stdin copy).
     runtime.shutdown_background();
     code
+}
+
+/// The error and its causes on one line, leaving out a cause whose text the message before it
+/// already includes (cairn's errors name their source in their own message).
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 fn options(root: Option<PathBuf>) -> cairn_images::StoreOptions {

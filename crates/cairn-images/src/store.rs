@@ -133,6 +133,41 @@ fn store_err(path: &Path, message: impl std::fmt::Display) -> ImagesError {
     }
 }
 
+/// Creates and locks this process's lease file. It is locked under a temporary name and
+/// renamed into place, so that no other process ever sees it unlocked (and takes it for the
+/// lease of a dead process).
+fn take_lease(dir: &Path) -> Result<(String, Flock<File>), ImagesError> {
+    let mut last_err = None;
+    for _ in 0..5 {
+        let lease = format!("{}-{:08x}", std::process::id(), rand::random::<u32>());
+        let temp = dir.join(format!(".{lease}"));
+        let locked = OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .open(&temp)
+            .map_err(|e| store_err(&temp, e))
+            .and_then(|f| {
+                Flock::lock(f, FlockArg::LockExclusiveNonblock)
+                    .map_err(|(_, e)| store_err(&temp, e))
+            });
+        let lock = match locked {
+            Ok(lock) => lock,
+            // A cleaner took the file in the instant before we locked it: try a new name.
+            Err(e) => {
+                let _ = fs::remove_file(&temp);
+                last_err = Some(e);
+                continue;
+            }
+        };
+        let path = dir.join(&lease);
+        match fs::rename(&temp, &path) {
+            Ok(()) => return Ok((lease, lock)),
+            Err(e) => last_err = Some(store_err(&path, e)),
+        }
+    }
+    Err(last_err.expect("tried at least once"))
+}
+
 /// Reads `store.json`, or writes it for a new store.
 fn load_or_create_config(root: &Path) -> Result<StoreConfig, ImagesError> {
     let path = root.join("store.json");
@@ -205,17 +240,7 @@ impl Store {
         let db = cairn_snapshot::open_database(&db_path).map_err(db_err)?;
         db.execute_batch(SCHEMA).map_err(db_err)?;
 
-        let lease = format!("{}-{:08x}", std::process::id(), rand::random::<u32>());
-        let lease_path = root.join("leases").join(&lease);
-        let lease_lock = OpenOptions::new()
-            .create_new(true)
-            .write(true)
-            .open(&lease_path)
-            .map_err(|e| store_err(&lease_path, e))
-            .and_then(|f| {
-                Flock::lock(f, FlockArg::LockExclusiveNonblock)
-                    .map_err(|(_, e)| store_err(&lease_path, e))
-            })?;
+        let (lease, lease_lock) = take_lease(&root.join("leases"))?;
         let store = Store {
             inner: Arc::new(Inner {
                 root,
@@ -338,6 +363,15 @@ impl Store {
             .flatten()
         {
             let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                // A lease being taken: unlocked for an instant by a live process. Only one
+                // whose process is gone is removed.
+                let pid = name[1..].split('-').next().unwrap_or("");
+                if !Path::new("/proc").join(pid).exists() || pid.is_empty() {
+                    let _ = fs::remove_file(entry.path());
+                }
+                continue;
+            }
             let alive = File::open(entry.path())
                 .map(|f| Flock::lock(f, FlockArg::LockExclusiveNonblock).is_err())
                 .unwrap_or(false);

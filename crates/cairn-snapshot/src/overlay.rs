@@ -125,6 +125,10 @@ pub fn open_database(path: &Path) -> Result<Connection, rusqlite::Error> {
     Ok(conn)
 }
 
+/// How long a `new-` directory may stay unlocked before cleaners take it for debris: its
+/// creator locks it microseconds after making it.
+const NEW_DIR_GRACE: Duration = Duration::from_secs(60);
+
 /// Takes the creator's lock on a directory being built: while it is held, cleaners in any
 /// process know the creator is alive.
 fn lock_dir(path: &Path) -> std::io::Result<Flock<File>> {
@@ -324,9 +328,11 @@ impl OverlaySnapshotter {
             }
         };
         // Build the directory under a temporary name, locked so cleaners leave it alone.
-        let temp = self
-            .root
-            .join(format!("new-{:016x}", rand::random::<u64>()));
+        let temp = self.root.join(format!(
+            "new-{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
         fs::create_dir(&temp).map_err(io("create snapshot directory", &temp))?;
         let _lock = lock_dir(&temp).map_err(io("lock snapshot directory", &temp))?;
         let result = (|| {
@@ -418,6 +424,24 @@ impl OverlaySnapshotter {
             let name = entry.file_name().to_string_lossy().into_owned();
             let path = entry.path();
             if name.starts_with("new-") {
+                // Its creator makes it and then locks it: between the two it is unlocked
+                // but alive, and probing its lock then would make the creator's fail. So a
+                // directory whose creator (named in it) still runs is left alone unless it
+                // stayed unlocked for longer than any creator takes.
+                let creator_alive = name
+                    .split('-')
+                    .nth(1)
+                    .and_then(|pid| pid.parse::<u32>().ok())
+                    .is_some_and(|pid| Path::new("/proc").join(pid.to_string()).exists());
+                let young = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_none_or(|age| age < NEW_DIR_GRACE);
+                if creator_alive && young {
+                    continue;
+                }
                 let Ok(dir) = File::open(&path) else { continue };
                 if Flock::lock(dir, FlockArg::LockExclusiveNonblock).is_ok() {
                     doomed.push(path);
@@ -442,8 +466,12 @@ impl OverlaySnapshotter {
                     let grave = self
                         .root
                         .join(format!("removed-{id}-{:08x}", rand::random::<u32>()));
-                    fs::rename(&path, &grave).map_err(io("rename orphaned snapshot", &path))?;
-                    doomed.push(grave);
+                    match fs::rename(&path, &grave) {
+                        Ok(()) => doomed.push(grave),
+                        // Listed before our transaction began, removed by its owner since.
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(io("rename orphaned snapshot", &path)(e)),
+                    }
                 }
             }
             tx.commit().map_err(self.db_err())?;
@@ -451,9 +479,13 @@ impl OverlaySnapshotter {
         let count = doomed.len();
         for path in doomed {
             debug!(path = %path.display(), "removing leftover snapshot directory");
-            self.remover
-                .remove_tree(&path)
-                .map_err(io("remove leftover snapshot", &path))?;
+            // Another process's cleanup may be deleting the same debris: what is left over
+            // is retried by the next cleanup, and never worth failing the caller for.
+            if let Err(e) = self.remover.remove_tree(&path) {
+                if path.exists() {
+                    warn!(path = %path.display(), error = %e, "cannot remove leftover snapshot directory");
+                }
+            }
         }
         Ok(count)
     }
@@ -748,6 +780,9 @@ mod tests {
         // What a killed process leaves: an unlocked temp dir, an interrupted removal, and a
         // numbered dir that never got its row.
         fs::create_dir_all(root.join("new-dead/fs")).unwrap();
+        // A creator that still runs (this test) between making its directory and locking it.
+        let starting = root.join(format!("new-{}-0000000000000001", std::process::id()));
+        fs::create_dir(&starting).unwrap();
         fs::create_dir_all(root.join("removed-9-00/fs/x")).unwrap();
         fs::create_dir_all(root.join("4242/fs")).unwrap();
         // A live creator's temp dir is locked and must survive.
@@ -759,6 +794,10 @@ mod tests {
         .unwrap();
         assert_eq!(s.cleanup().unwrap(), 3);
         assert!(root.join("new-live").exists());
+        assert!(
+            starting.exists(),
+            "a live creator's unlocked directory was taken"
+        );
         assert!(m[0].writable_dir().unwrap().exists());
         assert_eq!(s.cleanup().unwrap(), 0);
     }
