@@ -49,7 +49,7 @@ enum Command {
     /// Delete the whole store, including files owned by subordinate ids.
     Reset,
     /// Run a command in a new container of an image (pulled if missing), as `podman run --rm`.
-    Exec(exec::ExecArgs),
+    Exec(Box<exec::ExecArgs>),
     /// List the running containers of this store.
     Ps {
         /// Output format.
@@ -208,7 +208,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let image = store.remove_image(&reference)?;
             println!("{}", image.reference);
         }
-        Command::Exec(args) => return exec::exec(store, args).await,
+        Command::Exec(args) => return exec::exec(store, *args).await,
         Command::Ps { format } => exec::ps(store, format == Format::Json).await?,
         Command::Kill { signal, time, ids } => exec::kill(store, signal, time, ids).await?,
         Command::Reset => unreachable!("handled above"),

@@ -363,10 +363,10 @@ impl Store {
             .flatten()
         {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') {
+            if let Some(temp) = name.strip_prefix('.') {
                 // A lease being taken: unlocked for an instant by a live process. Only one
                 // whose process is gone is removed.
-                let pid = name[1..].split('-').next().unwrap_or("");
+                let pid = temp.split('-').next().unwrap_or("");
                 if !Path::new("/proc").join(pid).exists() || pid.is_empty() {
                     let _ = fs::remove_file(entry.path());
                 }

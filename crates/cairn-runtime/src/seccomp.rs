@@ -549,6 +549,111 @@ fn arg(op: LinuxSeccompOperator, value: u64, value_two: Option<u64>) -> LinuxSec
         .expect("seccomp argument builder cannot fail")
 }
 
+/// Compiles a profile to a classic BPF program (the bytes of `struct sock_filter`s), as
+/// libseccomp would load it.
+///
+/// libcontainer compiles the spec's profile inside every container's init; with three
+/// architectures and ~370 rules that costs ~14 ms per container here. The helper compiles it
+/// once instead, and each container's init installs the same program
+/// ([`crate::sys::install_seccomp_filter`]).
+pub(crate) fn compile(profile: &LinuxSeccomp) -> Result<Vec<u8>, String> {
+    use libseccomp::{
+        ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall,
+    };
+    use oci_spec::runtime::{Arch, LinuxSeccompAction as A, LinuxSeccompOperator as Op};
+    let action = |a: A, errno: Option<u32>| -> Result<ScmpAction, String> {
+        Ok(match a {
+            A::ScmpActKill | A::ScmpActKillThread => ScmpAction::KillThread,
+            A::ScmpActKillProcess => ScmpAction::KillProcess,
+            A::ScmpActTrap => ScmpAction::Trap,
+            A::ScmpActErrno => ScmpAction::Errno(errno.unwrap_or(libc::EPERM as u32) as i32),
+            A::ScmpActTrace => ScmpAction::Trace(errno.unwrap_or(libc::EPERM as u32) as u16),
+            A::ScmpActAllow => ScmpAction::Allow,
+            A::ScmpActLog => ScmpAction::Log,
+            other => return Err(format!("seccomp action {other:?} is not supported")),
+        })
+    };
+    let default = action(profile.default_action(), profile.default_errno_ret())?;
+    let err = |what: &str, e: libseccomp::error::SeccompError| format!("seccomp {what}: {e}");
+    let mut ctx = ScmpFilterContext::new(default).map_err(|e| err("new filter", e))?;
+    // no_new_privs is the spec's business (it is set), not libseccomp's.
+    ctx.set_ctl_nnp(false).map_err(|e| err("nnp", e))?;
+    for arch in profile.architectures().iter().flatten() {
+        let arch = match arch {
+            Arch::ScmpArchX86 => ScmpArch::X86,
+            Arch::ScmpArchX86_64 => ScmpArch::X8664,
+            Arch::ScmpArchX32 => ScmpArch::X32,
+            Arch::ScmpArchArm => ScmpArch::Arm,
+            Arch::ScmpArchAarch64 => ScmpArch::Aarch64,
+            other => return Err(format!("seccomp architecture {other:?} is not supported")),
+        };
+        ctx.add_arch(arch).map_err(|e| err("architecture", e))?;
+    }
+    for rule in profile.syscalls().iter().flatten() {
+        let rule_action = action(rule.action(), rule.errno_ret())?;
+        if rule_action == default {
+            continue;
+        }
+        let comparators: Vec<ScmpArgCompare> = rule
+            .args()
+            .iter()
+            .flatten()
+            .map(|a| {
+                let op = match a.op() {
+                    Op::ScmpCmpNe => ScmpCompareOp::NotEqual,
+                    Op::ScmpCmpLt => ScmpCompareOp::Less,
+                    Op::ScmpCmpLe => ScmpCompareOp::LessOrEqual,
+                    Op::ScmpCmpEq => ScmpCompareOp::Equal,
+                    Op::ScmpCmpGe => ScmpCompareOp::GreaterEqual,
+                    Op::ScmpCmpGt => ScmpCompareOp::Greater,
+                    // The same reading as libcontainer's (see the clone rule above):
+                    // `valueTwo` is the mask, `value` the datum.
+                    Op::ScmpCmpMaskedEq => ScmpCompareOp::MaskedEqual(a.value_two().unwrap_or(0)),
+                };
+                ScmpArgCompare::new(a.index() as u32, op, a.value())
+            })
+            .collect();
+        // One comparison per argument index and rule (libseccomp's limit): a rule that
+        // compares one argument several times (personality's values) becomes one rule each.
+        let mut indexes: Vec<u32> = rule
+            .args()
+            .iter()
+            .flatten()
+            .map(|a| a.index() as u32)
+            .collect();
+        indexes.sort_unstable();
+        let repeated = indexes.windows(2).any(|w| w[0] == w[1]);
+        for name in rule.names() {
+            let syscall = ScmpSyscall::from_name(name)
+                .map_err(|e| format!("seccomp syscall {name:?}: {e}"))?;
+            if comparators.is_empty() {
+                ctx.add_rule(rule_action, syscall)
+                    .map_err(|e| err(name, e))?;
+            } else if repeated {
+                for c in &comparators {
+                    ctx.add_rule_conditional(rule_action, syscall, std::slice::from_ref(c))
+                        .map_err(|e| err(name, e))?;
+                }
+            } else {
+                ctx.add_rule_conditional(rule_action, syscall, &comparators)
+                    .map_err(|e| err(name, e))?;
+            }
+        }
+    }
+    let (read, write) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+    // The program (8 bytes per instruction, ~1000 instructions) fits a pipe's buffer.
+    let exported = ctx.export_bpf(&write).map_err(|e| err("export", e));
+    drop(write);
+    exported?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut std::fs::File::from(read), &mut bytes)
+        .map_err(|e| format!("read compiled seccomp filter: {e}"))?;
+    if bytes.is_empty() || bytes.len() % 8 != 0 {
+        return Err(format!("compiled seccomp filter has {} bytes", bytes.len()));
+    }
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
@@ -977,109 +1082,4 @@ try("personality_addr_no_randomize", {personality}, 0x0040000);
         fn enter(&self, _: &tracing::span::Id) {}
         fn exit(&self, _: &tracing::span::Id) {}
     }
-}
-
-/// Compiles a profile to a classic BPF program (the bytes of `struct sock_filter`s), as
-/// libseccomp would load it.
-///
-/// libcontainer compiles the spec's profile inside every container's init; with three
-/// architectures and ~370 rules that costs ~14 ms per container here. The helper compiles it
-/// once instead, and each container's init installs the same program
-/// ([`crate::sys::install_seccomp_filter`]).
-pub(crate) fn compile(profile: &LinuxSeccomp) -> Result<Vec<u8>, String> {
-    use libseccomp::{
-        ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall,
-    };
-    use oci_spec::runtime::{Arch, LinuxSeccompAction as A, LinuxSeccompOperator as Op};
-    let action = |a: A, errno: Option<u32>| -> Result<ScmpAction, String> {
-        Ok(match a {
-            A::ScmpActKill | A::ScmpActKillThread => ScmpAction::KillThread,
-            A::ScmpActKillProcess => ScmpAction::KillProcess,
-            A::ScmpActTrap => ScmpAction::Trap,
-            A::ScmpActErrno => ScmpAction::Errno(errno.unwrap_or(libc::EPERM as u32) as i32),
-            A::ScmpActTrace => ScmpAction::Trace(errno.unwrap_or(libc::EPERM as u32) as u16),
-            A::ScmpActAllow => ScmpAction::Allow,
-            A::ScmpActLog => ScmpAction::Log,
-            other => return Err(format!("seccomp action {other:?} is not supported")),
-        })
-    };
-    let default = action(profile.default_action(), profile.default_errno_ret())?;
-    let err = |what: &str, e: libseccomp::error::SeccompError| format!("seccomp {what}: {e}");
-    let mut ctx = ScmpFilterContext::new(default).map_err(|e| err("new filter", e))?;
-    // no_new_privs is the spec's business (it is set), not libseccomp's.
-    ctx.set_ctl_nnp(false).map_err(|e| err("nnp", e))?;
-    for arch in profile.architectures().iter().flatten() {
-        let arch = match arch {
-            Arch::ScmpArchX86 => ScmpArch::X86,
-            Arch::ScmpArchX86_64 => ScmpArch::X8664,
-            Arch::ScmpArchX32 => ScmpArch::X32,
-            Arch::ScmpArchArm => ScmpArch::Arm,
-            Arch::ScmpArchAarch64 => ScmpArch::Aarch64,
-            other => return Err(format!("seccomp architecture {other:?} is not supported")),
-        };
-        ctx.add_arch(arch).map_err(|e| err("architecture", e))?;
-    }
-    for rule in profile.syscalls().iter().flatten() {
-        let rule_action = action(rule.action(), rule.errno_ret())?;
-        if rule_action == default {
-            continue;
-        }
-        let comparators: Vec<ScmpArgCompare> = rule
-            .args()
-            .iter()
-            .flatten()
-            .map(|a| {
-                let op = match a.op() {
-                    Op::ScmpCmpNe => ScmpCompareOp::NotEqual,
-                    Op::ScmpCmpLt => ScmpCompareOp::Less,
-                    Op::ScmpCmpLe => ScmpCompareOp::LessOrEqual,
-                    Op::ScmpCmpEq => ScmpCompareOp::Equal,
-                    Op::ScmpCmpGe => ScmpCompareOp::GreaterEqual,
-                    Op::ScmpCmpGt => ScmpCompareOp::Greater,
-                    // The same reading as libcontainer's (see the clone rule above):
-                    // `valueTwo` is the mask, `value` the datum.
-                    Op::ScmpCmpMaskedEq => ScmpCompareOp::MaskedEqual(a.value_two().unwrap_or(0)),
-                };
-                ScmpArgCompare::new(a.index() as u32, op, a.value())
-            })
-            .collect();
-        // One comparison per argument index and rule (libseccomp's limit): a rule that
-        // compares one argument several times (personality's values) becomes one rule each.
-        let mut indexes: Vec<u32> = rule
-            .args()
-            .iter()
-            .flatten()
-            .map(|a| a.index() as u32)
-            .collect();
-        indexes.sort_unstable();
-        let repeated = indexes.windows(2).any(|w| w[0] == w[1]);
-        for name in rule.names() {
-            let syscall = ScmpSyscall::from_name(name)
-                .map_err(|e| format!("seccomp syscall {name:?}: {e}"))?;
-            if comparators.is_empty() {
-                ctx.add_rule(rule_action, syscall)
-                    .map_err(|e| err(name, e))?;
-            } else if repeated {
-                for c in &comparators {
-                    ctx.add_rule_conditional(rule_action, syscall, std::slice::from_ref(c))
-                        .map_err(|e| err(name, e))?;
-                }
-            } else {
-                ctx.add_rule_conditional(rule_action, syscall, &comparators)
-                    .map_err(|e| err(name, e))?;
-            }
-        }
-    }
-    let (read, write) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
-    // The program (8 bytes per instruction, ~1000 instructions) fits a pipe's buffer.
-    let exported = ctx.export_bpf(&write).map_err(|e| err("export", e));
-    drop(write);
-    exported?;
-    let mut bytes = Vec::new();
-    std::io::Read::read_to_end(&mut std::fs::File::from(read), &mut bytes)
-        .map_err(|e| format!("read compiled seccomp filter: {e}"))?;
-    if bytes.is_empty() || bytes.len() % 8 != 0 {
-        return Err(format!("compiled seccomp filter has {} bytes", bytes.len()));
-    }
-    Ok(bytes)
 }
