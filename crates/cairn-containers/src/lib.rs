@@ -153,6 +153,33 @@ pub struct ExecOptions {
     pub tty: bool,
 }
 
+/// A container to run on top of a committed snapshot, resolved by the caller (the pipeline
+/// engine keeps its own Env, WorkingDir and User, as Dagger's containers do) except for the
+/// user, which is looked up in the snapshot's `/etc/passwd`.
+#[derive(Debug, Clone, Default)]
+pub struct RunRequest {
+    /// What `cairn ps` shows as the image: a reference, or a pipeline step's name.
+    pub label: String,
+    /// The committed snapshot the root filesystem starts from; `None` for an empty root.
+    pub parent: Option<String>,
+    /// The command.
+    pub args: Vec<String>,
+    /// The environment (`PATH` and `HOSTNAME` are added when missing).
+    pub env: Vec<String>,
+    /// The working directory (absolute).
+    pub cwd: String,
+    /// `uid[:gid]` or a name from the snapshot's `/etc/passwd`; empty for root.
+    pub user: String,
+    /// Binds and tmpfs mounts.
+    pub mounts: Vec<ExtraMount>,
+    /// The network.
+    pub network: Network,
+    /// cgroup limits.
+    pub resources: Resources,
+    /// The stdio is a terminal.
+    pub tty: bool,
+}
+
 /// What `cairn ps` shows of a container; kept in `containers/<id>/record.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ContainerRecord {
@@ -200,6 +227,8 @@ pub struct Outcome {
     pub timed_out: bool,
     /// It was stopped because the caller asked (Ctrl-C, SIGTERM).
     pub stopped: bool,
+    /// Its writable layer was committed as the snapshot the caller named.
+    pub committed: bool,
 }
 
 fn now() -> i64 {
@@ -423,44 +452,48 @@ impl Containers {
             }
             Err(e) => return Err(e.into()),
         };
+        let request = self.image_request(&image, options)?;
+        self.start_request(request, stdio).await
+    }
+
+    /// Creates and starts a container on top of a committed snapshot (or an empty root),
+    /// with everything but the user resolved by the caller: the pipeline engine's way in.
+    pub async fn start_request(
+        &self,
+        request: RunRequest,
+        stdio: ContainerStdio,
+    ) -> Result<RunningContainer, ContainersError> {
+        let store = &self.inner.store;
         let id = hex::encode(rand::random::<[u8; 6]>());
-        debug!(container = %id, image = %image.reference, "creating container");
+        debug!(container = %id, label = %request.label, "creating container");
         let dir = self.inner.dir.join(&id);
         std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         let mut record = ContainerRecord {
             id: id.clone(),
-            image: image.reference.clone(),
-            command: Vec::new(),
+            image: request.label.clone(),
+            command: request.args.clone(),
             created: now(),
             lease: store.lease().to_owned(),
             pid: None,
             start_time: None,
-            limits: options.resources.any(),
-        };
-        let cleanup_dir = |this: &Containers| {
-            let _ = this.inner.store.remove_tree(&dir);
+            limits: request.resources.any(),
         };
         let key = snapshot_key(&id);
         let prepared = self
-            .resolve(&image, &id, options)
-            .and_then(|config| {
-                record.command = config.args.clone();
-                self.write_record(&record)?;
-                Ok(config)
-            })
+            .write_record(&record)
+            .and_then(|()| self.container_config(&request, &id))
             .and_then(|mut config| {
                 let labels = BTreeMap::from([(LEASE_LABEL.to_owned(), store.lease().to_owned())]);
-                let parent = image.top_snapshot.as_ref().map(|d| d.as_str().to_owned());
                 let mounts = store
                     .snapshots()
-                    .prepare(&key, parent.as_deref(), &labels)?;
+                    .prepare(&key, request.parent.as_deref(), &labels)?;
                 config.rootfs = rootfs_from(&mounts);
                 Ok(config)
             });
         let config = match prepared {
             Ok(c) => c,
             Err(e) => {
-                cleanup_dir(self);
+                let _ = store.remove_tree(&dir);
                 return Err(e);
             }
         };
@@ -491,6 +524,92 @@ impl Containers {
         })
     }
 
+    /// The runtime config of a request: the user looked up in the parent's `/etc/passwd`
+    /// and checked against the store's id mapping.
+    fn container_config(
+        &self,
+        request: &RunRequest,
+        id: &str,
+    ) -> Result<ContainerConfig, ContainersError> {
+        let store = &self.inner.store;
+        let invalid = |reason: String| ContainersError::InvalidOptions {
+            image: request.label.clone(),
+            reason,
+        };
+        if request.args.is_empty() {
+            return Err(invalid("no command to run".into()));
+        }
+        if !user::is_clean_absolute(&request.cwd) {
+            return Err(invalid(format!(
+                "working directory {:?} is not an absolute path",
+                request.cwd
+            )));
+        }
+        let layers = match &request.parent {
+            Some(parent) => store.snapshots().layer_dirs(parent)?,
+            None => Vec::new(),
+        };
+        let passwd = user::read_from_layers(&layers, "etc/passwd");
+        let group = user::read_from_layers(&layers, "etc/group");
+        let mut process_user =
+            user::resolve_user(&request.user, passwd.as_deref(), group.as_deref())
+                .map_err(invalid)?;
+        if let Some(mapping) = store.id_mapping() {
+            check_mapped(mapping, &mut process_user).map_err(invalid)?;
+        }
+        check_limits(&request.resources, store.is_rootless())?;
+        let mut env = request.env.clone();
+        if !env.iter().any(|e| e.starts_with("PATH=")) {
+            env.push(format!("PATH={DEFAULT_PATH}"));
+        }
+        if !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
+            env.push(format!("HOSTNAME={id}"));
+        }
+        Ok(ContainerConfig {
+            args: request.args.clone(),
+            env,
+            cwd: request.cwd.clone(),
+            user: process_user,
+            hostname: id.to_owned(),
+            rootfs: RootfsMount::Bind {
+                source: PathBuf::new(),
+            },
+            mounts: request.mounts.clone(),
+            network: request.network,
+            resources: request.resources,
+            tty: request.tty,
+        })
+    }
+
+    /// Commits container `id`'s writable layer as snapshot `name`, after syncing it. Returns
+    /// false when `name` exists already (committed by another process).
+    fn commit(
+        &self,
+        id: &str,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<bool, ContainersError> {
+        let snapshots = self.inner.store.snapshots();
+        let key = snapshot_key(id);
+        if let Some(upper) = snapshots
+            .mounts(&key)?
+            .first()
+            .and_then(cairn_snapshot::Mount::writable_dir)
+        {
+            let dir = std::fs::File::open(&upper).map_err(io_err("open", &upper))?;
+            nix::unistd::syncfs(&dir).map_err(|e| ContainersError::Io {
+                action: "sync",
+                path: upper.clone(),
+                source: e.into(),
+            })?;
+        }
+        match snapshots.commit(name, &key, labels) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == cairn_snapshot::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Removes a container's snapshot and directory.
     fn discard(&self, id: &str) {
         let store = &self.inner.store;
@@ -504,13 +623,12 @@ impl Containers {
         }
     }
 
-    /// The container config for `image` with `options` applied, as Docker would run it.
-    fn resolve(
+    /// The request for `image` with `options` applied, as Docker would run it.
+    fn image_request(
         &self,
         image: &ImageRecord,
-        id: &str,
         options: &ExecOptions,
-    ) -> Result<ContainerConfig, ContainersError> {
+    ) -> Result<RunRequest, ContainersError> {
         let invalid = |reason: String| ContainersError::InvalidOptions {
             image: image.reference.clone(),
             reason,
@@ -551,12 +669,6 @@ impl Containers {
             }
             set_env(&mut env, &key, &value);
         }
-        if !env.iter().any(|e| e.starts_with("PATH=")) {
-            env.push(format!("PATH={DEFAULT_PATH}"));
-        }
-        if !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
-            env.push(format!("HOSTNAME={id}"));
-        }
         if options.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
             env.push("TERM=xterm".into());
         }
@@ -572,22 +684,11 @@ impl Containers {
             )));
         }
 
-        let layers = match &image.top_snapshot {
-            Some(top) => store.snapshots().layer_dirs(top.as_str())?,
-            None => Vec::new(),
-        };
         let user_spec = options
             .user
             .clone()
             .or_else(|| defaults.user().clone())
             .unwrap_or_default();
-        let passwd = user::read_from_layers(&layers, "etc/passwd");
-        let group = user::read_from_layers(&layers, "etc/group");
-        let mut process_user =
-            user::resolve_user(&user_spec, passwd.as_deref(), group.as_deref()).map_err(invalid)?;
-        if let Some(mapping) = store.id_mapping() {
-            check_mapped(mapping, &mut process_user).map_err(invalid)?;
-        }
 
         let mut mounts = Vec::new();
         for v in &options.volumes {
@@ -632,16 +733,13 @@ impl Containers {
                 }
             }
         }
-        check_limits(&options.resources, store.is_rootless())?;
-        Ok(ContainerConfig {
+        Ok(RunRequest {
+            label: image.reference.clone(),
+            parent: image.top_snapshot.as_ref().map(|d| d.as_str().to_owned()),
             args,
             env,
             cwd,
-            user: process_user,
-            hostname: id.to_owned(),
-            rootfs: RootfsMount::Bind {
-                source: PathBuf::new(),
-            },
+            user: user_spec,
             mounts,
             network: options.network,
             resources: options.resources,
@@ -805,15 +903,58 @@ impl RunningContainer {
     /// resolves (SIGTERM, then SIGKILL after `grace`); then removes its writable layer and
     /// state.
     pub async fn run_to_end(
-        mut self,
+        self,
         timeout: Option<Duration>,
         stop: impl std::future::Future<Output = ()>,
         grace: Duration,
     ) -> Result<Outcome, ContainersError> {
+        self.finish(timeout, stop, grace, None).await
+    }
+
+    /// As [`RunningContainer::run_to_end`], but when the command succeeds (exit 0, not
+    /// stopped) its writable layer becomes the committed snapshot `name` — synced first, as
+    /// the container's overlay was volatile. If another process committed the same name
+    /// meanwhile, that snapshot stands and this layer is dropped.
+    pub async fn run_and_commit(
+        self,
+        timeout: Option<Duration>,
+        stop: impl std::future::Future<Output = ()>,
+        grace: Duration,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Outcome, ContainersError> {
+        self.finish(timeout, stop, grace, Some((name, labels))).await
+    }
+
+    async fn finish(
+        mut self,
+        timeout: Option<Duration>,
+        stop: impl std::future::Future<Output = ()>,
+        grace: Duration,
+        commit: Option<(&str, &BTreeMap<String, String>)>,
+    ) -> Result<Outcome, ContainersError> {
         let exit = self.exit.take().expect("waited once");
-        let result = self.wait_or_stop(exit, timeout, stop, grace).await;
+        let mut result = self.wait_or_stop(exit, timeout, stop, grace).await;
         self.runtime.forget(&self.record.id);
-        self.containers.discard(&self.record.id);
+        if let (Ok(outcome), Some((name, labels))) = (&mut result, commit) {
+            if outcome.status.code() == 0 && !outcome.timed_out && !outcome.stopped {
+                match self.containers.commit(&self.record.id, name, labels) {
+                    Ok(committed) => outcome.committed = committed,
+                    Err(e) => {
+                        self.containers.discard(&self.record.id);
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        if result.as_ref().is_ok_and(|o| o.committed) {
+            let dir = self.containers.inner.dir.join(&self.record.id);
+            if let Err(e) = self.containers.inner.store.remove_tree(&dir) {
+                warn!(container = %self.record.id, error = %e, "remove container directory");
+            }
+        } else {
+            self.containers.discard(&self.record.id);
+        }
         result
     }
 
@@ -835,7 +976,7 @@ impl RunningContainer {
         };
         let (timed_out, stopped) = tokio::select! {
             status = &mut exit => {
-                return Ok(Outcome { status: status?, timed_out: false, stopped: false });
+                return Ok(Outcome { status: status?, timed_out: false, stopped: false, committed: false });
             }
             _ = deadline => (true, false),
             _ = &mut stop => (false, true),
@@ -854,6 +995,7 @@ impl RunningContainer {
             status,
             timed_out,
             stopped,
+            committed: false,
         })
     }
 }
