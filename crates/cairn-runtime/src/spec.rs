@@ -673,7 +673,7 @@ mod tests {
         );
         let src = find(&spec, "/src");
         assert_eq!(src.source().as_deref(), Some(Path::new("/home/u/src")));
-        assert_eq!(options(src), ["rbind", "ro"]);
+        assert_eq!(options(src), ["rbind", "ro", "rro"]);
         assert_eq!(
             options(find(&spec, "/tmp")),
             ["nosuid", "nodev", "mode=1777"]
@@ -965,7 +965,10 @@ mod tests {
         let sys = find(&spec, "/sys");
         assert_eq!(sys.typ().as_deref(), Some("bind"));
         assert_eq!(sys.source().as_deref(), Some(Path::new("/sys")));
-        assert_eq!(options(sys), ["rbind", "nosuid", "noexec", "nodev", "ro"]);
+        assert_eq!(
+            options(sys),
+            ["rbind", "nosuid", "noexec", "nodev", "ro", "rro"]
+        );
 
         let spec = build_spec(&config, &rootful()).expect("spec");
         assert_eq!(find(&spec, "/sys").typ().as_deref(), Some("sysfs"));
