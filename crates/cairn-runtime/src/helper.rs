@@ -49,6 +49,9 @@ struct Running {
 struct Server {
     /// libcontainer's state root: one directory per container.
     state_root: PathBuf,
+    /// The host's v1 cgroup hierarchies are in view (their devices controller enforces the
+    /// spec's device rules); otherwise the helper has its own cgroup2 view.
+    host_cgroups: bool,
     /// The seccomp profile compiled to BPF, once per helper (see [`crate::seccomp::compile`]).
     seccomp: Option<std::sync::Arc<Vec<u8>>>,
     rootless: bool,
@@ -84,6 +87,7 @@ pub fn serve(args: &[std::ffi::OsString]) -> ! {
     }
     let mut server = Server {
         state_root: PathBuf::from(state_root),
+        host_cgroups: mode == "root-host-cgroups",
         seccomp: None,
         rootless,
         single_id: mode == "rootless-single",
@@ -210,6 +214,7 @@ impl Server {
             single_id: self.single_id,
             cgroups_path: format!("/cairn/{id}"),
             netns_path: netns.as_ref().map(|(_, path)| path.clone()),
+            device_rules: self.host_cgroups && Path::new("/sys/fs/cgroup/devices/tasks").exists(),
         };
         let mut spec = build_spec(&config, &ctx).map_err(|e| e.to_string())?;
         // The reaper changes into the working directory itself, creating it if missing as

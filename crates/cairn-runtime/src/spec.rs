@@ -24,7 +24,8 @@
 //!    refused with `EPERM` unless allowed, `clone` without namespace flags, `clone3` →
 //!    `ENOSYS`).
 //! 6. **cgroup limits**: memory, pids and CPU when asked for, and (when not rootless) the
-//!    device rules that keep `CAP_MKNOD` from opening host devices.
+//!    device rules that keep `CAP_MKNOD` from opening host devices — or, where the cgroup
+//!    cannot enforce device rules, no `CAP_MKNOD` for root containers.
 //!
 //! ```no_run
 //! use cairn_runtime::config::{ContainerConfig, Network, ProcessUser, Resources, RootfsMount};
@@ -49,6 +50,7 @@
 //!     single_id: false,
 //!     cgroups_path: "/cairn/c1".into(),
 //!     netns_path: None,
+//!     device_rules: false,
 //! };
 //! let spec = build_spec(&config, &ctx)?;
 //! spec.save("/run/cairn/bundles/c1/config.json").expect("write config.json");
@@ -82,6 +84,11 @@ pub struct SpecContext {
     /// The network namespace to join when the config asks for [`crate::config::Network::None`]
     /// (the helper made it, with loopback up).
     pub netns_path: Option<std::path::PathBuf>,
+    /// The container's cgroup enforces device rules (cgroup v1's devices controller). When
+    /// it does not — a cgroup2 view, where libcgroups would need eBPF to enforce them — a
+    /// root container loses `CAP_MKNOD`, the one capability that would let it make and open
+    /// a host device node. (In a user namespace the kernel refuses device nodes anyway.)
+    pub device_rules: bool,
 }
 
 /// The runtime-spec version written into `config.json` (libcontainer accepts any `1.x`).
@@ -236,7 +243,10 @@ fn process(config: &ContainerConfig, ctx: &SpecContext) -> Result<Process, Runti
         spec_user.set_additional_gids(Some(groups));
     }
 
-    let bounding: Capabilities = DEFAULT_CAPABILITIES.into_iter().collect();
+    let bounding: Capabilities = DEFAULT_CAPABILITIES
+        .into_iter()
+        .filter(|c| ctx.rootless || ctx.device_rules || *c != Capability::Mknod)
+        .collect();
     // Docker 20.10+: a non-root user starts with no effective or permitted capabilities
     // (file capabilities can still raise them within the bounding set).
     let granted = if user.uid == 0 {
@@ -573,6 +583,7 @@ mod tests {
             single_id: false,
             cgroups_path: "/cairn/c1".into(),
             netns_path: Some("/proc/4242/ns/net".into()),
+            device_rules: false,
         }
     }
 
@@ -912,6 +923,27 @@ mod tests {
         assert_eq!(caps.bounding().as_ref(), Some(&docker));
         assert_eq!(caps.effective().as_ref(), Some(&Capabilities::new()));
         assert_eq!(caps.permitted().as_ref(), Some(&Capabilities::new()));
+    }
+
+    #[test]
+    fn root_containers_without_device_rules_lose_mknod() {
+        let bounding = |ctx: &SpecContext| {
+            build_spec(&config(), ctx)
+                .expect("spec")
+                .process()
+                .as_ref()
+                .and_then(|p| p.capabilities().clone())
+                .and_then(|c| c.bounding().clone())
+                .expect("bounding set")
+        };
+        assert!(!bounding(&rootful()).contains(&Capability::Mknod));
+        let enforced = SpecContext {
+            device_rules: true,
+            ..rootful()
+        };
+        assert!(bounding(&enforced).contains(&Capability::Mknod));
+        // In a user namespace the kernel refuses device nodes whatever the capabilities.
+        assert!(bounding(&ctx()).contains(&Capability::Mknod));
     }
 
     #[test]
