@@ -134,8 +134,18 @@ pub fn cairn_bin_for(who: Who) -> PathBuf {
                     .unwrap();
                 let bin = dir.join(format!("cairn-{}-{}", meta.len(), meta.mtime()));
                 if !bin.exists() {
+                    // Copies of other builds may be in use by another checkout's test run:
+                    // only old ones go.
                     for stale in fs::read_dir(&dir).unwrap().flatten() {
-                        let _ = fs::remove_file(stale.path());
+                        let old = stale
+                            .metadata()
+                            .and_then(|m| m.modified())
+                            .ok()
+                            .and_then(|t| t.elapsed().ok())
+                            .is_some_and(|age| age > std::time::Duration::from_secs(3600));
+                        if old {
+                            let _ = fs::remove_file(stale.path());
+                        }
                     }
                     let temp = dir.join(format!(".cairn-{}", std::process::id()));
                     fs::copy(&source, &temp).unwrap();
