@@ -7,7 +7,10 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use cairn_engine::{CacheVolume, Container, Engine, EventKind, LogStream, Network, Secret};
+use cairn_engine::{
+    CacheVolume, CancellationToken, Container, Engine, EventKind, LogStream, Network, Secret,
+    SolveOptions,
+};
 use cairn_pipeline::{Command, Input, Pipeline, SecretSource, SecretTarget, StepSource};
 use clap::{Args, ValueEnum};
 use tokio::sync::mpsc;
@@ -115,7 +118,16 @@ pub async fn run(options: cairn_images::StoreOptions, args: RunArgs) -> anyhow::
     let targets: Vec<Container> = names.iter().map(|n| containers[*n].clone()).collect();
     let (tx, rx) = mpsc::unbounded_channel();
     let printer = tokio::spawn(print_progress(rx, args.progress == ProgressMode::Json));
-    let results = engine.sync_all(&targets, Some(tx)).await;
+    // Ctrl-C, SIGTERM or SIGHUP cancel the solve: running steps are stopped and cleaned up.
+    let cancel = CancellationToken::new();
+    let on_signal = cancel.clone();
+    let watcher = tokio::spawn(async move {
+        crate::exec::stop_requested().await;
+        on_signal.cancel();
+    });
+    let options = SolveOptions::new().events(tx).cancel(cancel);
+    let results = engine.sync_all(&targets, options).await;
+    watcher.abort();
     let _ = printer.await;
 
     let mut failed = false;

@@ -46,12 +46,13 @@ use std::sync::Arc;
 
 use cairn_containers::Containers;
 use cairn_images::{Store, StoreOptions};
-use cairn_solver::{Edge, SolveOptions, Solver, Vertex, VertexOptions};
+use cairn_solver::{Edge, Solver, Vertex, VertexOptions};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc::UnboundedSender;
 
 pub use cairn_runtime::Network;
-pub use cairn_solver::{Event, EventKind, LogStream, SolveError, VertexId};
+pub use cairn_solver::{
+    CancellationToken, Event, EventKind, LogStream, SolveError, SolveOptions, VertexId,
+};
 pub use error::{EngineError, ErrorKind};
 pub use ops::{DirSource, ImageState};
 
@@ -148,21 +149,18 @@ impl Engine {
         }
     }
 
-    /// Solves every container at once, sending progress to `events`; one result per container.
+    /// Solves every container at once, with `options` (progress events, cancellation,
+    /// fail-fast); one result per container.
     pub async fn sync_all(
         &self,
         containers: &[Container],
-        events: Option<UnboundedSender<Event>>,
+        options: SolveOptions,
     ) -> Vec<Result<Output, EngineError>> {
         let targets: Vec<Option<Edge<Output>>> = containers
             .iter()
             .map(|c| c.vertex.as_ref().map(Vertex::edge))
             .collect();
         let edges: Vec<Edge<Output>> = targets.iter().flatten().cloned().collect();
-        let mut options = SolveOptions::new();
-        if let Some(events) = events {
-            options = options.events(events);
-        }
         let solution = self.inner.solver.solve(&edges, options).await;
         let mut results = solution.into_results().into_iter();
         targets
