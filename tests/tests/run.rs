@@ -27,7 +27,8 @@ macro_rules! as_root_and_user {
 
 as_root_and_user!(
     pipeline_runs_caches_and_reruns_what_changed,
-    failing_step_stops_its_dependents
+    failing_step_stops_its_dependents,
+    secret_stays_out_of_the_store_while_a_step_runs,
 );
 
 const SECRET: &str = "e2e-secret-Zq8x1T";
@@ -260,4 +261,54 @@ run = "echo fine-ran"
             "{events:?}"
         );
     }
+}
+
+fn secret_stays_out_of_the_store_while_a_step_runs(who: Who) {
+    let cairn = Cairn::new(who);
+    let ci = cairn.dir("ci");
+    fs::create_dir_all(&ci).unwrap();
+    let image = fixtures().image("busybox:latest");
+    let file = ci.join("slow.toml");
+    let text = format!(
+        r#"[secrets]
+token = {{ env = "{SECRET_VAR}" }}
+
+[steps.slow]
+image = "{image}"
+run = "touch /tmp/running; sleep 3; [ -n \"$TOKEN\" ] && cat /run/token"
+secrets = [ {{ name = "token", env = "TOKEN" }}, {{ name = "token", file = "/run/token" }} ]
+"#
+    );
+    fs::write(&file, text).unwrap();
+    who.own(&ci);
+    let child = cairn
+        .command(&["run", file.to_str().unwrap(), "--progress", "json"])
+        .env(SECRET_VAR, SECRET)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the container runs (its record is in the store), then look for the value.
+    let containers = cairn.root.join("containers");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let running = loop {
+        let found = fs::read_dir(&containers)
+            .map(|d| d.flatten().any(|e| e.path().join("record.json").exists()))
+            .unwrap_or(false);
+        if found || std::time::Instant::now() > deadline {
+            break found;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let hits = files_containing(&cairn.root, SECRET.as_bytes());
+    let out = child.wait_with_output().unwrap();
+    assert!(running, "the step never ran: {}", describe(&out));
+    assert!(
+        hits.is_empty(),
+        "secret in the store while running: {hits:?}"
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(log.contains("***") && !log.contains(SECRET), "{log}");
 }

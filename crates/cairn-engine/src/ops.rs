@@ -487,7 +487,7 @@ impl ExecOp {
                 readonly: false,
             });
         }
-        let secrets = SecretDir::new(&spec.secret_files)?;
+        let secrets = SecretDir::new(&spec.secret_files, !spec.secret_env.is_empty())?;
         for (path, file) in spec.secret_files.iter().map(|s| &s.0).zip(&secrets.files) {
             mounts.push(ExtraMount::Bind {
                 source: file.clone(),
@@ -518,6 +518,9 @@ impl ExecOp {
             user,
             mounts,
             network: spec.network,
+            // config.json holds the environment: with secret variables in it, it is written
+            // to the private directory outside the store, never into the store.
+            bundle: secrets.bundle.clone(),
             ..RunRequest::default()
         };
 
@@ -642,18 +645,22 @@ fn set_env(env: &mut Vec<String>, key: &str, value: &str) {
 }
 
 /// A private directory (0700, outside the store, on tmpfs when there is one) holding the secret
-/// files of one exec; deleted when dropped.
+/// files of one exec and, when its environment holds secrets, its runtime bundle; deleted when
+/// dropped.
 struct SecretDir {
     dir: Option<PathBuf>,
     files: Vec<PathBuf>,
+    /// The runtime bundle's directory, when the environment holds secrets.
+    bundle: Option<PathBuf>,
 }
 
 impl SecretDir {
-    fn new(secrets: &[(String, String, SecretValue)]) -> Result<Self, EngineError> {
-        if secrets.is_empty() {
+    fn new(secrets: &[(String, String, SecretValue)], bundle: bool) -> Result<Self, EngineError> {
+        if secrets.is_empty() && !bundle {
             return Ok(SecretDir {
                 dir: None,
                 files: Vec::new(),
+                bundle: None,
             });
         }
         let base = std::env::var_os("XDG_RUNTIME_DIR")
@@ -672,6 +679,7 @@ impl SecretDir {
         let mut this = SecretDir {
             dir: Some(dir.clone()),
             files: Vec::new(),
+            bundle: bundle.then(|| dir.join("bundle")),
         };
         for (i, (_, _, value)) in secrets.iter().enumerate() {
             let file = dir.join(i.to_string());
