@@ -136,6 +136,23 @@ impl EngineError {
             EngineError::Solve(e) if e.kind() == cairn_solver::ErrorKind::Cancelled => {
                 ErrorKind::Cancelled
             }
+            // The op's own error, under the solver's (and a skipped vertex's dependency's).
+            EngineError::Solve(e) => {
+                let mut cause = std::error::Error::source(e);
+                while let Some(c) = cause {
+                    // The solver shares op errors as `Arc<dyn Error>`.
+                    let shared = c.downcast_ref::<cairn_solver::SharedError>();
+                    let inner = shared.and_then(|s| s.downcast_ref::<EngineError>());
+                    if let Some(inner) = inner.or_else(|| c.downcast_ref::<EngineError>()) {
+                        return inner.kind();
+                    }
+                    cause = c.source();
+                }
+                ErrorKind::Internal
+            }
+            EngineError::Images(e) if e.kind() == cairn_images::ErrorKind::NotFound => {
+                ErrorKind::NotFound
+            }
             _ => ErrorKind::Internal,
         }
     }
