@@ -29,6 +29,7 @@ as_root_and_user!(
     pipeline_runs_caches_and_reruns_what_changed,
     failing_step_stops_its_dependents,
     secret_stays_out_of_the_store_while_a_step_runs,
+    cache_volume_sharing_modes,
 );
 
 const SECRET: &str = "e2e-secret-Zq8x1T";
@@ -311,4 +312,54 @@ secrets = [ {{ name = "token", env = "TOKEN" }}, {{ name = "token", file = "/run
     assert!(out.status.success(), "{}", describe(&out));
     let log = String::from_utf8_lossy(&out.stdout);
     assert!(log.contains("***") && !log.contains(SECRET), "{log}");
+}
+
+/// Two concurrent steps mount one cache volume: `shared` lets them overlap, `locked` makes them
+/// take turns, `private` gives each a directory of its own.
+fn cache_volume_sharing_modes(who: Who) {
+    let cairn = Cairn::new(who);
+    let ci = cairn.dir("ci");
+    fs::create_dir_all(&ci).unwrap();
+    let image = fixtures().image("busybox:latest");
+    let step = |name: &str, sharing: &str| {
+        format!(
+            r#"[steps.{name}]
+image = "{image}"
+run = "if [ -e /c/busy ]; then echo overlap; fi; touch /c/busy; sleep 2; rm -f /c/busy; echo {name}-done {sharing}"
+caches = [ {{ name = "vol", to = "/c", sharing = "{sharing}" }} ]
+"#
+        )
+    };
+    // The mode is not part of the key: each mode's command differs, so none hits the cache.
+    let mut logs_by_mode = Vec::new();
+    for sharing in ["shared", "locked", "private"] {
+        let file = ci.join(format!("{sharing}.toml"));
+        fs::write(&file, step("one", sharing) + &step("two", sharing)).unwrap();
+        who.own(&ci);
+        let (out, events) = run(&cairn, &file);
+        assert!(out.status.success(), "{}", describe(&out));
+        let log = logs(&events);
+        assert!(
+            log.contains("one-done") && log.contains("two-done"),
+            "{log}"
+        );
+        logs_by_mode.push((sharing, log));
+    }
+    for (sharing, log) in &logs_by_mode {
+        match *sharing {
+            // Only where two steps can run at once does sharing show.
+            "shared" if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 => {
+                assert!(
+                    log.contains("overlap"),
+                    "steps did not run concurrently: {log}"
+                )
+            }
+            "locked" | "private" => assert!(!log.contains("overlap"), "{sharing}: {log}"),
+            _ => {}
+        }
+    }
+    assert!(
+        cairn.root.join("volumes/vol.1").is_dir(),
+        "no second private volume"
+    );
 }

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use cairn_engine::{
-    CacheVolume, CancellationToken, Container, Engine, EventKind, LogStream, Network, Secret,
-    SolveOptions,
+    CacheSharing, CacheVolume, CancellationToken, Container, Engine, EventKind, LogStream, Network,
+    Secret, SolveOptions,
 };
 use cairn_pipeline::{Command, Input, Pipeline, SecretSource, SecretTarget, StepSource};
 use clap::{Args, ValueEnum};
@@ -87,7 +87,12 @@ pub async fn run(options: cairn_images::StoreOptions, args: RunArgs) -> anyhow::
             };
         }
         for cache in &step.caches {
-            c = c.with_mounted_cache(&cache.to, &CacheVolume::new(&cache.name));
+            let sharing = match cache.sharing {
+                cairn_pipeline::CacheSharing::Shared => CacheSharing::Shared,
+                cairn_pipeline::CacheSharing::Private => CacheSharing::Private,
+                cairn_pipeline::CacheSharing::Locked => CacheSharing::Locked,
+            };
+            c = c.with_mounted_cache_sharing(&cache.to, &CacheVolume::new(&cache.name), sharing);
         }
         for use_ in &step.secrets {
             if !secrets.contains_key(use_.name.as_str()) {

@@ -54,7 +54,7 @@ pub use cairn_solver::{
     CancellationToken, Event, EventKind, LogStream, SolveError, SolveOptions, VertexId,
 };
 pub use error::{EngineError, ErrorKind};
-pub use ops::{DirSource, ImageState};
+pub use ops::{CacheSharing, DirSource, ImageState};
 
 use crate::ops::{ContainerDirOp, CopyOp, ExecOp, ExecSpec, FromOp, HostDirOp, SecretValue};
 
@@ -83,7 +83,7 @@ pub(crate) struct EngineInner {
 
 impl EngineInner {
     /// `<store>/volumes/<name>`, created when missing.
-    fn volume_dir(&self, name: &str) -> Result<PathBuf, EngineError> {
+    pub(crate) fn volume_dir(&self, name: &str) -> Result<PathBuf, EngineError> {
         if name.is_empty() || name.contains('/') || name.starts_with('.') {
             return Err(EngineError::Invalid {
                 what: format!("cache volume {name:?}"),
@@ -513,12 +513,25 @@ impl Container {
         c
     }
 
-    /// Mounts the cache volume at `path` in later execs; its content is not part of any key.
+    /// Mounts the cache volume at `path` in later execs, shared with concurrent users; its
+    /// content is not part of any key.
     pub fn with_mounted_cache(&self, path: impl Into<String>, cache: &CacheVolume) -> Container {
+        self.with_mounted_cache_sharing(path, cache, CacheSharing::Shared)
+    }
+
+    /// Mounts the cache volume at `path` in later execs, shared with concurrent execs as
+    /// `sharing` says. Neither its content nor the sharing mode is part of any key.
+    pub fn with_mounted_cache_sharing(
+        &self,
+        path: impl Into<String>,
+        cache: &CacheVolume,
+        sharing: CacheSharing,
+    ) -> Container {
         let mut c = self.clone();
         let path = path.into();
         c.spec.caches.retain(|(p, _)| *p != path);
-        c.spec.caches.push((path, cache.name.clone()));
+        c.spec.caches.push((path.clone(), cache.name.clone()));
+        c.spec.cache_sharing.insert(path, sharing);
         c
     }
 

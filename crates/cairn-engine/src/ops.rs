@@ -14,6 +14,7 @@ use cairn_oci::Digest;
 use cairn_runtime::{ContainerStdio, ExtraMount, Network};
 use cairn_snapshot::Snapshotter;
 use cairn_solver::{BoxFuture, CacheDescription, ExecContext, LogStream, Op, OpError};
+use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -30,6 +31,18 @@ pub struct ImageState {
     pub workdir: String,
     /// The user; empty for root.
     pub user: String,
+}
+
+/// How concurrent execs share one cache volume.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CacheSharing {
+    /// All mount the same directory at once.
+    #[default]
+    Shared,
+    /// Each concurrent exec gets a directory of its own (`<name>`, else `<name>.N`).
+    Private,
+    /// Execs take turns, and wait for shared users to finish.
+    Locked,
 }
 
 /// Where a directory result lives.
@@ -358,8 +371,10 @@ pub(crate) struct ExecSpec {
     pub(crate) workdir: Option<String>,
     pub(crate) user: Option<String>,
     pub(crate) network: Network,
-    /// (container path, volume name).
+    /// (container path, volume name): what keys see of cache volumes.
     pub(crate) caches: Vec<(String, String)>,
+    /// How each cache volume (by container path) is shared; not part of the key.
+    pub(crate) cache_sharing: BTreeMap<String, CacheSharing>,
     /// (variable, secret name, value).
     pub(crate) secret_env: Vec<(String, String, SecretValue)>,
     /// (container path, secret name, value).
@@ -479,8 +494,22 @@ impl ExecOp {
         let user = spec.user.clone().unwrap_or_else(|| base.state.user.clone());
 
         let mut mounts = Vec::new();
-        for (path, volume) in &spec.caches {
-            let dir = self.engine.volume_dir(volume)?;
+        let mut volume_locks = Vec::new();
+        let mut taken: BTreeMap<&str, (PathBuf, CacheSharing)> = BTreeMap::new();
+        // Locks in name order, each volume once, so two steps never wait on each other.
+        let mut caches: Vec<_> = spec.caches.iter().collect();
+        caches.sort_by(|a, b| a.1.cmp(&b.1));
+        for (path, volume) in caches {
+            let sharing = spec.cache_sharing.get(path).copied().unwrap_or_default();
+            let dir = match taken.get(volume.as_str()) {
+                Some((dir, _)) => dir.clone(),
+                None => {
+                    let (dir, lock) = self.engine.take_volume(ctx, volume, sharing).await?;
+                    volume_locks.push(lock);
+                    taken.insert(volume, (dir.clone(), sharing));
+                    dir
+                }
+            };
             mounts.push(ExtraMount::Bind {
                 source: dir,
                 destination: path.clone(),
@@ -573,6 +602,7 @@ impl ExecOp {
         };
         let (outcome, ()) = tokio::join!(finish, pump);
         drop(secrets);
+        drop(volume_locks);
         let outcome = outcome?;
         let code = outcome.status.code();
         let stdout = redactor.mask(&String::from_utf8_lossy(&captured.stdout));
@@ -702,6 +732,61 @@ impl Drop for SecretDir {
             if let Err(e) = std::fs::remove_dir_all(dir) {
                 tracing::warn!(path = %dir.display(), error = %e, "remove secret directory");
             }
+        }
+    }
+}
+
+impl EngineInner {
+    /// The directory of cache volume `name` for one exec, and the lock that holds it for the
+    /// exec: shared users hold a shared lock, a locked user an exclusive one (waiting for its
+    /// turn, or until `ctx` is cancelled), a private user the first free `<name>[.N]`.
+    pub(crate) async fn take_volume(
+        &self,
+        ctx: &ExecContext,
+        name: &str,
+        sharing: CacheSharing,
+    ) -> Result<(PathBuf, Flock<std::fs::File>), EngineError> {
+        let dir = self.volume_dir(name)?;
+        let locks = dir.parent().unwrap_or(&dir).join(".locks");
+        std::fs::create_dir_all(&locks).map_err(io_err("create", &locks))?;
+        let open = |file: &Path| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(file)
+                .map_err(io_err("open", file))
+        };
+        if sharing == CacheSharing::Private {
+            for n in 0u32.. {
+                let lock = locks.join(format!("{name}.private.{n}"));
+                if let Ok(held) = Flock::lock(open(&lock)?, FlockArg::LockExclusiveNonblock) {
+                    let dir = match n {
+                        0 => dir,
+                        n => self.volume_dir(&format!("{name}.{n}"))?,
+                    };
+                    return Ok((dir, held));
+                }
+            }
+        }
+        let lock = locks.join(name);
+        let arg = match sharing {
+            CacheSharing::Locked => FlockArg::LockExclusiveNonblock,
+            _ => FlockArg::LockSharedNonblock,
+        };
+        let mut file = open(&lock)?;
+        loop {
+            match Flock::lock(file, arg) {
+                Ok(held) => return Ok((dir, held)),
+                Err((f, _)) => file = f,
+            }
+            if ctx.is_cancelled() {
+                return Err(EngineError::Invalid {
+                    what: format!("cache volume {name:?}"),
+                    reason: "cancelled while waiting for the volume".into(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
