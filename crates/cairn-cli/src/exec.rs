@@ -194,7 +194,7 @@ fn humantime(d: Duration) -> String {
 }
 
 /// Resolves on the first SIGINT, SIGTERM or SIGHUP.
-async fn stop_requested() {
+pub(crate) async fn stop_requested() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut streams = Vec::new();
     for kind in [

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod exec;
 mod progress;
+mod run;
 
 /// A rootless, daemonless CI engine.
 #[derive(Parser)]
@@ -50,6 +51,8 @@ enum Command {
     Reset,
     /// Run a command in a new container of an image (pulled if missing), as `podman run --rm`.
     Exec(Box<exec::ExecArgs>),
+    /// Run a pipeline file: its steps (or those named with --step) and its exports.
+    Run(Box<run::RunArgs>),
     /// List the running containers of this store.
     Ps {
         /// Output format.
@@ -153,6 +156,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         eprintln!("removed store {}", root.display());
         return Ok(ExitCode::SUCCESS);
     }
+    if let Command::Run(args) = cli.command {
+        return run::run(options, *args).await;
+    }
     let store = cairn_images::Store::open(options)?;
     match cli.command {
         Command::Pull { reference } => {
@@ -211,7 +217,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Exec(args) => return exec::exec(store, *args).await,
         Command::Ps { format } => exec::ps(store, format == Format::Json).await?,
         Command::Kill { signal, time, ids } => exec::kill(store, signal, time, ids).await?,
-        Command::Reset => unreachable!("handled above"),
+        Command::Reset | Command::Run(_) => unreachable!("handled above"),
     }
     Ok(ExitCode::SUCCESS)
 }

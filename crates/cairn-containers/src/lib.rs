@@ -178,6 +178,10 @@ pub struct RunRequest {
     pub resources: Resources,
     /// The stdio is a terminal.
     pub tty: bool,
+    /// Where the runtime bundle (`config.json`, which holds the environment) is written:
+    /// a new directory outside the store, for an environment holding secrets. Default
+    /// `containers/<id>/bundle` in the store. The caller deletes it after the run.
+    pub bundle: Option<PathBuf>,
 }
 
 /// What `cairn ps` shows of a container; kept in `containers/<id>/record.json`.
@@ -504,7 +508,7 @@ impl Containers {
                 return Err(e);
             }
         };
-        let bundle = dir.join("bundle");
+        let bundle = request.bundle.clone().unwrap_or_else(|| dir.join("bundle"));
         let started = match runtime.create(&id, &bundle, config, stdio).await {
             Ok(s) => s,
             Err(e) => {
@@ -744,6 +748,7 @@ impl Containers {
             network: options.network,
             resources: options.resources,
             tty: options.tty,
+            bundle: None,
         })
     }
 }
@@ -923,7 +928,8 @@ impl RunningContainer {
         name: &str,
         labels: &BTreeMap<String, String>,
     ) -> Result<Outcome, ContainersError> {
-        self.finish(timeout, stop, grace, Some((name, labels))).await
+        self.finish(timeout, stop, grace, Some((name, labels)))
+            .await
     }
 
     async fn finish(

@@ -527,22 +527,36 @@ impl Store {
                 ));
             }
         }
-        let layers = match &image.top_snapshot {
-            Some(top) => self.inner.snapshots.layer_dirs(top.as_str())?,
+        let top = image.top_snapshot.as_ref().map(Digest::as_str);
+        self.flatten_snapshot(top, dest)
+            .await?
+            .map_err(export_err)?;
+        Ok(image)
+    }
+
+    /// Writes the flattened filesystem of the committed snapshot `top` (and its parents;
+    /// `None` for an empty root) into the new or empty directory `dest`, as
+    /// [`Store::export`] does for an image: in a rootless store every file is given to the
+    /// caller. The outer error is the store's; the inner one says why flattening failed.
+    pub async fn flatten_snapshot(
+        &self,
+        top: Option<&str>,
+        dest: &Path,
+    ) -> Result<Result<(), String>, ImagesError> {
+        let layers = match top {
+            Some(top) => self.inner.snapshots.layer_dirs(top)?,
             None => Vec::new(),
         };
         let request = FlattenRequest {
             layers,
-            dest: std::path::absolute(dest).map_err(|e| export_err(e.to_string()))?,
+            dest: std::path::absolute(dest).map_err(|e| store_err(dest, e))?,
             userxattr: self.inner.rootless,
             to_caller: self.inner.rootless,
         };
         let worker = self.inner.worker.clone();
-        let result = tokio::task::spawn_blocking(move || worker.flatten(request))
+        tokio::task::spawn_blocking(move || worker.flatten(request))
             .await
-            .map_err(|e| export_err(format!("export task failed: {e}")))??;
-        result.map_err(export_err)?;
-        Ok(image)
+            .map_err(|e| ImagesError::Helper(format!("flatten task failed: {e}")))?
     }
 
     /// Deletes the whole store at `root`, including files owned by subordinate ids that the

@@ -1,0 +1,792 @@
+//! The ops the engine's vertices run: pull an image, read a host directory, take a directory of
+//! a container, copy a directory into a container, exec a command.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_containers::RunRequest;
+use cairn_images::{ImagesError, Store, LEASE_LABEL};
+use cairn_oci::Digest;
+use cairn_runtime::{ContainerStdio, ExtraMount, Network};
+use cairn_snapshot::Snapshotter;
+use cairn_solver::{BoxFuture, CacheDescription, ExecContext, LogStream, Op, OpError};
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::error::{io_err, EngineError};
+use crate::fs::{copy_tree, digest, Filter};
+use crate::{EngineInner, Output};
+
+/// The configuration an image gives its containers, which a container keeps along its chain.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageState {
+    /// `KEY=value` entries.
+    pub env: Vec<String>,
+    /// The working directory; empty for `/`.
+    pub workdir: String,
+    /// The user; empty for root.
+    pub user: String,
+}
+
+/// How concurrent execs share one cache volume.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CacheSharing {
+    /// All mount the same directory at once.
+    #[default]
+    Shared,
+    /// Each concurrent exec gets a directory of its own (`<name>`, else `<name>.N`).
+    Private,
+    /// Execs take turns, and wait for shared users to finish.
+    Locked,
+}
+
+/// Where a directory result lives.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DirSource {
+    /// A host directory, read through its include and exclude patterns.
+    Host {
+        /// The directory.
+        path: PathBuf,
+        /// Include patterns (all files when empty).
+        include: Vec<String>,
+        /// Exclude patterns.
+        exclude: Vec<String>,
+    },
+    /// A directory of a container's filesystem.
+    Snapshot {
+        /// The committed top snapshot of the container (`None`: an empty root).
+        snapshot: Option<String>,
+        /// The absolute path in it.
+        path: String,
+    },
+}
+
+fn op_err(e: EngineError) -> OpError {
+    Box::new(e)
+}
+
+async fn image(store: &Store, reference: &str) -> Result<cairn_images::ImageRecord, EngineError> {
+    match store.image(reference) {
+        Ok(i) => Ok(i),
+        Err(ImagesError::ImageNotFound(_)) if !reference.starts_with("sha256:") => {
+            Ok(store.pull(reference, &()).await?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `from`: the image, pulled when missing. Its manifest digest is the content digest, so a
+/// moved tag gives a new key.
+pub(crate) struct FromOp {
+    pub(crate) engine: Arc<EngineInner>,
+    pub(crate) reference: String,
+}
+
+impl Op<Output> for FromOp {
+    fn describe(&self) -> CacheDescription {
+        CacheDescription::new("from").field("ref", &self.reference)
+    }
+
+    fn content_digest<'a>(
+        &'a self,
+        _: &'a ExecContext,
+    ) -> BoxFuture<'a, Result<Option<Digest>, OpError>> {
+        Box::pin(async move {
+            let image = image(&self.engine.store, &self.reference)
+                .await
+                .map_err(op_err)?;
+            Ok(Some(image.digest))
+        })
+    }
+
+    fn exec<'a>(
+        &'a self,
+        _: &'a ExecContext,
+        _: Vec<Output>,
+    ) -> BoxFuture<'a, Result<Vec<Output>, OpError>> {
+        Box::pin(async move {
+            let store = &self.engine.store;
+            let image = image(store, &self.reference).await.map_err(op_err)?;
+            let config = store.image_config(&image).map_err(|e| op_err(e.into()))?;
+            let c = config.config().clone().unwrap_or_default();
+            let state = ImageState {
+                env: c.env().clone().unwrap_or_default(),
+                workdir: c.working_dir().clone().unwrap_or_default(),
+                user: c.user().clone().unwrap_or_default(),
+            };
+            Ok(vec![Output {
+                snapshot: image.top_snapshot.map(|d| d.as_str().to_owned()),
+                state,
+                ..Output::default()
+            }])
+        })
+    }
+}
+
+/// A host directory. Its content digest is its tree's: an edited file gives a new key.
+pub(crate) struct HostDirOp {
+    pub(crate) path: PathBuf,
+    pub(crate) include: Vec<String>,
+    pub(crate) exclude: Vec<String>,
+}
+
+impl HostDirOp {
+    pub(crate) async fn digest(&self) -> Result<Digest, EngineError> {
+        let (path, include, exclude) = (
+            self.path.clone(),
+            self.include.clone(),
+            self.exclude.clone(),
+        );
+        tokio::task::spawn_blocking(move || digest(&path, &Filter::new(&path, &include, &exclude)?))
+            .await
+            .map_err(|e| EngineError::Invalid {
+                what: "hashing task".into(),
+                reason: e.to_string(),
+            })?
+    }
+}
+
+impl Op<Output> for HostDirOp {
+    fn describe(&self) -> CacheDescription {
+        CacheDescription::new("host-directory")
+            .field("path", self.path.as_os_str().as_encoded_bytes())
+            .field("include", self.include.join("\0"))
+            .field("exclude", self.exclude.join("\0"))
+    }
+
+    fn content_digest<'a>(
+        &'a self,
+        _: &'a ExecContext,
+    ) -> BoxFuture<'a, Result<Option<Digest>, OpError>> {
+        Box::pin(async move { Ok(Some(self.digest().await.map_err(op_err)?)) })
+    }
+
+    fn exec<'a>(
+        &'a self,
+        _: &'a ExecContext,
+        _: Vec<Output>,
+    ) -> BoxFuture<'a, Result<Vec<Output>, OpError>> {
+        Box::pin(async move {
+            Ok(vec![Output {
+                directory: Some(DirSource::Host {
+                    path: self.path.clone(),
+                    include: self.include.clone(),
+                    exclude: self.exclude.clone(),
+                }),
+                ..Output::default()
+            }])
+        })
+    }
+}
+
+/// A directory of a container: a reference to its snapshot and the path.
+pub(crate) struct ContainerDirOp {
+    pub(crate) path: String,
+}
+
+impl Op<Output> for ContainerDirOp {
+    fn describe(&self) -> CacheDescription {
+        CacheDescription::new("container-directory").field("path", &self.path)
+    }
+
+    fn exec<'a>(
+        &'a self,
+        _: &'a ExecContext,
+        inputs: Vec<Output>,
+    ) -> BoxFuture<'a, Result<Vec<Output>, OpError>> {
+        Box::pin(async move {
+            let snapshot = inputs.into_iter().next().and_then(|o| o.snapshot);
+            Ok(vec![Output {
+                directory: Some(DirSource::Snapshot {
+                    snapshot,
+                    path: self.path.clone(),
+                }),
+                ..Output::default()
+            }])
+        })
+    }
+}
+
+impl EngineInner {
+    /// Writes the directory `source` into `dest` (created with its parents).
+    pub(crate) async fn materialize(
+        &self,
+        source: &DirSource,
+        dest: &Path,
+    ) -> Result<(), EngineError> {
+        match source {
+            DirSource::Host {
+                path,
+                include,
+                exclude,
+            } => {
+                let (path, include, exclude) = (path.clone(), include.clone(), exclude.clone());
+                let dest = dest.to_owned();
+                tokio::task::spawn_blocking(move || {
+                    copy_tree(&path, &dest, &Filter::new(&path, &include, &exclude)?)
+                })
+                .await
+                .map_err(|e| EngineError::Invalid {
+                    what: "copy task".into(),
+                    reason: e.to_string(),
+                })?
+            }
+            DirSource::Snapshot { snapshot, path } => {
+                let flat_err = |reason: String| EngineError::Flatten {
+                    snapshot: snapshot.clone().unwrap_or_default(),
+                    path: path.clone(),
+                    reason,
+                };
+                let tmp_root = self.store.root().join("tmp");
+                std::fs::create_dir_all(&tmp_root).map_err(io_err("create", &tmp_root))?;
+                let tmp = tmp_root.join(format!(
+                    "flatten-{}",
+                    hex::encode(rand::random::<[u8; 8]>())
+                ));
+                let result = async {
+                    self.store
+                        .flatten_snapshot(snapshot.as_deref(), &tmp)
+                        .await?
+                        .map_err(flat_err)?;
+                    let sub = tmp.join(path.trim_start_matches('/'));
+                    if !sub.is_dir() {
+                        return Err(flat_err("no such directory in the container".into()));
+                    }
+                    let dest = dest.to_owned();
+                    tokio::task::spawn_blocking(move || copy_tree(&sub, &dest, &Filter::all()))
+                        .await
+                        .map_err(|e| flat_err(e.to_string()))?
+                }
+                .await;
+                if let Err(e) = self.store.remove_tree(&tmp) {
+                    tracing::warn!(path = %tmp.display(), error = %e, "remove flattened copy");
+                }
+                result
+            }
+        }
+    }
+}
+
+/// `with_directory`: a new committed snapshot, the container's plus the directory at `path`.
+pub(crate) struct CopyOp {
+    pub(crate) engine: Arc<EngineInner>,
+    pub(crate) path: String,
+    /// Whether input 0 is the container (else the root starts empty).
+    pub(crate) has_base: bool,
+}
+
+impl Op<Output> for CopyOp {
+    fn describe(&self) -> CacheDescription {
+        CacheDescription::new("copy")
+            .field("path", &self.path)
+            .field("base", if self.has_base { "1" } else { "0" })
+    }
+
+    fn exec<'a>(
+        &'a self,
+        ctx: &'a ExecContext,
+        inputs: Vec<Output>,
+    ) -> BoxFuture<'a, Result<Vec<Output>, OpError>> {
+        Box::pin(async move { self.run(ctx, inputs).await.map_err(op_err) })
+    }
+}
+
+impl CopyOp {
+    async fn run(
+        &self,
+        ctx: &ExecContext,
+        mut inputs: Vec<Output>,
+    ) -> Result<Vec<Output>, EngineError> {
+        let dir = inputs
+            .pop()
+            .and_then(|o| o.directory)
+            .ok_or_else(|| EngineError::Invalid {
+                what: self.path.clone(),
+                reason: "copy input is not a directory".into(),
+            })?;
+        let base = inputs.pop().unwrap_or_default();
+        let key = ctx
+            .cache_key()
+            .map(|k| k.digest().hex().to_owned())
+            .unwrap_or_default();
+        let name = format!("copy-{key}");
+        let store = &self.engine.store;
+        let snapshots = store.snapshots();
+        let active = format!("{name}-{}", hex::encode(rand::random::<[u8; 6]>()));
+        let labels = BTreeMap::from([(LEASE_LABEL.to_owned(), store.lease().to_owned())]);
+        let mounts = snapshots.prepare(&active, base.snapshot.as_deref(), &labels)?;
+        let result = async {
+            let upper = mounts
+                .first()
+                .and_then(cairn_snapshot::Mount::writable_dir)
+                .ok_or_else(|| EngineError::Invalid {
+                    what: active.clone(),
+                    reason: "prepared snapshot has no writable directory".into(),
+                })?;
+            let dest = upper.join(self.path.trim_start_matches('/'));
+            self.engine.materialize(&dir, &dest).await?;
+            match snapshots.commit(&name, &active, &BTreeMap::new()) {
+                Ok(()) => Ok::<(), EngineError>(()),
+                Err(e) if e.kind() == cairn_snapshot::ErrorKind::AlreadyExists => {
+                    snapshots.remove(&active)?;
+                    Ok(())
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        .await;
+        if result.is_err() {
+            let _ = snapshots.remove(&active);
+        }
+        result?;
+        Ok(vec![Output {
+            snapshot: Some(name),
+            state: base.state,
+            ..Output::default()
+        }])
+    }
+}
+
+/// A secret's value, kept out of keys, records and logs.
+#[derive(Clone)]
+pub(crate) struct SecretValue(pub(crate) Arc<Vec<u8>>);
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Everything a `with_exec` runs with.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ExecSpec {
+    pub(crate) label: String,
+    pub(crate) args: Vec<String>,
+    pub(crate) env: BTreeMap<String, String>,
+    pub(crate) workdir: Option<String>,
+    pub(crate) user: Option<String>,
+    pub(crate) network: Network,
+    /// (container path, volume name): what keys see of cache volumes.
+    pub(crate) caches: Vec<(String, String)>,
+    /// How each cache volume (by container path) is shared; not part of the key.
+    pub(crate) cache_sharing: BTreeMap<String, CacheSharing>,
+    /// (variable, secret name, value).
+    pub(crate) secret_env: Vec<(String, String, SecretValue)>,
+    /// (container path, secret name, value).
+    pub(crate) secret_files: Vec<(String, String, SecretValue)>,
+}
+
+impl ExecSpec {
+    /// The cache description: everything that changes the result, secret values and cache
+    /// volume contents excepted (only their names and places are described).
+    pub(crate) fn describe(&self) -> CacheDescription {
+        let json = |v: serde_json::Value| v.to_string();
+        let secrets: Vec<_> = (self
+            .secret_env
+            .iter()
+            .map(|(var, name, _)| ("env", var, name)))
+        .chain(
+            self.secret_files
+                .iter()
+                .map(|(path, name, _)| ("file", path, name)),
+        )
+        .collect();
+        CacheDescription::new("exec")
+            .field("args", json(serde_json::json!(self.args)))
+            .field("env", json(serde_json::json!(self.env)))
+            .field("workdir", self.workdir.as_deref().unwrap_or(""))
+            .field("user", self.user.as_deref().unwrap_or(""))
+            .field(
+                "network",
+                match self.network {
+                    Network::Host => "host",
+                    Network::None => "none",
+                },
+            )
+            .field("caches", json(serde_json::json!(self.caches)))
+            .field("secrets", json(serde_json::json!(secrets)))
+    }
+
+    fn command(&self) -> String {
+        serde_json::json!(self.args).to_string()
+    }
+
+    pub(crate) fn redactor(&self) -> Redactor {
+        let values = (self.secret_env.iter().chain(&self.secret_files))
+            .map(|(_, _, v)| String::from_utf8_lossy(&v.0).into_owned())
+            .filter(|v| !v.is_empty())
+            .collect();
+        Redactor(values)
+    }
+}
+
+/// Masks secret values in output.
+pub(crate) struct Redactor(Vec<String>);
+
+impl Redactor {
+    pub(crate) fn mask(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for v in &self.0 {
+            out = out.replace(v.as_str(), "***");
+            let trimmed = v.trim_end_matches('\n');
+            if !trimmed.is_empty() && trimmed != v {
+                out = out.replace(trimmed, "***");
+            }
+        }
+        out
+    }
+}
+
+/// `with_exec`: runs the command on the container's snapshot and commits its writable layer as
+/// `exec-<key hex>`.
+pub(crate) struct ExecOp {
+    pub(crate) engine: Arc<EngineInner>,
+    pub(crate) spec: ExecSpec,
+}
+
+impl Op<Output> for ExecOp {
+    fn describe(&self) -> CacheDescription {
+        self.spec.describe()
+    }
+
+    fn exec<'a>(
+        &'a self,
+        ctx: &'a ExecContext,
+        inputs: Vec<Output>,
+    ) -> BoxFuture<'a, Result<Vec<Output>, OpError>> {
+        Box::pin(async move { self.run(ctx, inputs).await.map_err(op_err) })
+    }
+}
+
+/// How many lines of stderr a failure shows.
+const TAIL_LINES: usize = 20;
+
+impl ExecOp {
+    async fn run(
+        &self,
+        ctx: &ExecContext,
+        inputs: Vec<Output>,
+    ) -> Result<Vec<Output>, EngineError> {
+        let spec = &self.spec;
+        let base = inputs.into_iter().next().unwrap_or_default();
+        let key = ctx
+            .cache_key()
+            .map(|k| k.digest().hex().to_owned())
+            .unwrap_or_default();
+        let name = format!("exec-{key}");
+        let mut env = base.state.env.clone();
+        for (k, v) in &spec.env {
+            set_env(&mut env, k, v);
+        }
+        for (var, _, value) in &spec.secret_env {
+            set_env(&mut env, var, &String::from_utf8_lossy(&value.0));
+        }
+        let cwd = spec
+            .workdir
+            .clone()
+            .or_else(|| Some(base.state.workdir.clone()).filter(|w| !w.is_empty()))
+            .unwrap_or_else(|| "/".into());
+        let user = spec.user.clone().unwrap_or_else(|| base.state.user.clone());
+
+        let mut mounts = Vec::new();
+        let mut volume_locks = Vec::new();
+        let mut taken: BTreeMap<&str, (PathBuf, CacheSharing)> = BTreeMap::new();
+        // Locks in name order, each volume once, so two steps never wait on each other.
+        let mut caches: Vec<_> = spec.caches.iter().collect();
+        caches.sort_by(|a, b| a.1.cmp(&b.1));
+        for (path, volume) in caches {
+            let sharing = spec.cache_sharing.get(path).copied().unwrap_or_default();
+            let dir = match taken.get(volume.as_str()) {
+                Some((dir, _)) => dir.clone(),
+                None => {
+                    let (dir, lock) = self.engine.take_volume(ctx, volume, sharing).await?;
+                    volume_locks.push(lock);
+                    taken.insert(volume, (dir.clone(), sharing));
+                    dir
+                }
+            };
+            mounts.push(ExtraMount::Bind {
+                source: dir,
+                destination: path.clone(),
+                readonly: false,
+            });
+        }
+        let secrets = SecretDir::new(&spec.secret_files, !spec.secret_env.is_empty())?;
+        for (path, file) in spec.secret_files.iter().map(|s| &s.0).zip(&secrets.files) {
+            mounts.push(ExtraMount::Bind {
+                source: file.clone(),
+                destination: path.clone(),
+                readonly: true,
+            });
+        }
+        if spec.network == Network::Host {
+            for file in ["/etc/resolv.conf", "/etc/hosts"] {
+                let covered = mounts.iter().any(
+                    |m| matches!(m, ExtraMount::Bind { destination, .. } if destination == file),
+                );
+                if Path::new(file).is_file() && !covered {
+                    mounts.push(ExtraMount::Bind {
+                        source: file.into(),
+                        destination: file.into(),
+                        readonly: true,
+                    });
+                }
+            }
+        }
+        let request = RunRequest {
+            label: spec.label.clone(),
+            parent: base.snapshot.clone(),
+            args: spec.args.clone(),
+            env,
+            cwd,
+            user,
+            mounts,
+            network: spec.network,
+            // config.json holds the environment: with secret variables in it, it is written
+            // to the private directory outside the store, never into the store.
+            bundle: secrets.bundle.clone(),
+            ..RunRequest::default()
+        };
+
+        let pipe = || {
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| EngineError::Io {
+                action: "create pipe",
+                path: PathBuf::from("pipe"),
+                source: e.into(),
+            })
+        };
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let null =
+            std::fs::File::open("/dev/null").map_err(io_err("open", Path::new("/dev/null")))?;
+        let stdio = ContainerStdio {
+            stdin: null.into(),
+            stdout: out_w,
+            stderr: err_w,
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        for (fd, stream) in [(out_r, LogStream::Stdout), (err_r, LogStream::Stderr)] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut f = std::fs::File::from(fd);
+                let mut buf = vec![0u8; 1 << 14];
+                loop {
+                    match f.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if tx.send((stream, buf[..n].to_vec())).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let running = self.engine.containers.start_request(request, stdio).await?;
+        let redactor = spec.redactor();
+        let mut captured = Captured::default();
+        let stop = ctx.cancellation().cancelled();
+        let no_labels = BTreeMap::new();
+        let finish = running.run_and_commit(None, stop, Duration::from_secs(5), &name, &no_labels);
+        let pump = async {
+            while let Some((stream, bytes)) = rx.recv().await {
+                captured.push(ctx, &redactor, stream, &bytes);
+            }
+            captured.flush(ctx, &redactor);
+        };
+        let (outcome, ()) = tokio::join!(finish, pump);
+        drop(secrets);
+        drop(volume_locks);
+        let outcome = outcome?;
+        let code = outcome.status.code();
+        let stdout = redactor.mask(&String::from_utf8_lossy(&captured.stdout));
+        let stderr = redactor.mask(&String::from_utf8_lossy(&captured.stderr));
+        if outcome.stopped || outcome.timed_out {
+            return Err(EngineError::Stopped {
+                step: spec.label.clone(),
+                command: spec.command(),
+            });
+        }
+        if code != 0 {
+            let lines: Vec<&str> = stderr.lines().collect();
+            let tail = lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n");
+            return Err(EngineError::ExecFailed {
+                step: spec.label.clone(),
+                command: spec.command(),
+                code,
+                stderr_tail: tail,
+            });
+        }
+        Ok(vec![Output {
+            snapshot: Some(name),
+            state: base.state,
+            stdout,
+            stderr,
+            exit_code: Some(code),
+            directory: None,
+        }])
+    }
+}
+
+/// Output read so far, and the partial line of each stream not yet logged (lines are logged
+/// whole, so a secret is masked even when it straddles two reads).
+#[derive(Default)]
+struct Captured {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    partial: [Vec<u8>; 2],
+}
+
+impl Captured {
+    fn push(&mut self, ctx: &ExecContext, redactor: &Redactor, stream: LogStream, bytes: &[u8]) {
+        let i = usize::from(stream == LogStream::Stderr);
+        match stream {
+            LogStream::Stdout => self.stdout.extend_from_slice(bytes),
+            LogStream::Stderr => self.stderr.extend_from_slice(bytes),
+        }
+        let partial = &mut self.partial[i];
+        partial.extend_from_slice(bytes);
+        if let Some(end) = partial.iter().rposition(|b| *b == b'\n') {
+            let lines: Vec<u8> = partial.drain(..=end).collect();
+            ctx.log(stream, redactor.mask(&String::from_utf8_lossy(&lines)));
+        }
+    }
+
+    fn flush(&mut self, ctx: &ExecContext, redactor: &Redactor) {
+        for (i, stream) in [(0, LogStream::Stdout), (1, LogStream::Stderr)] {
+            if !self.partial[i].is_empty() {
+                let rest = std::mem::take(&mut self.partial[i]);
+                ctx.log(stream, redactor.mask(&String::from_utf8_lossy(&rest)));
+            }
+        }
+    }
+}
+
+fn set_env(env: &mut Vec<String>, key: &str, value: &str) {
+    let prefix = format!("{key}=");
+    env.retain(|e| !e.starts_with(&prefix) && e != key);
+    env.push(format!("{key}={value}"));
+}
+
+/// A private directory (0700, outside the store, on tmpfs when there is one) holding the secret
+/// files of one exec and, when its environment holds secrets, its runtime bundle; deleted when
+/// dropped.
+struct SecretDir {
+    dir: Option<PathBuf>,
+    files: Vec<PathBuf>,
+    /// The runtime bundle's directory, when the environment holds secrets.
+    bundle: Option<PathBuf>,
+}
+
+impl SecretDir {
+    fn new(secrets: &[(String, String, SecretValue)], bundle: bool) -> Result<Self, EngineError> {
+        if secrets.is_empty() && !bundle {
+            return Ok(SecretDir {
+                dir: None,
+                files: Vec::new(),
+                bundle: None,
+            });
+        }
+        let base = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .filter(|d| d.is_dir())
+            .or_else(|| Some(PathBuf::from("/dev/shm")).filter(|d| d.is_dir()))
+            .unwrap_or_else(std::env::temp_dir);
+        let dir = base.join(format!(
+            "cairn-secrets-{}",
+            hex::encode(rand::random::<[u8; 8]>())
+        ));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io_err("create", &dir))?;
+        let mut this = SecretDir {
+            dir: Some(dir.clone()),
+            files: Vec::new(),
+            bundle: bundle.then(|| dir.join("bundle")),
+        };
+        for (i, (_, _, value)) in secrets.iter().enumerate() {
+            let file = dir.join(i.to_string());
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o444)
+                .open(&file)
+                .map_err(io_err("create", &file))?;
+            std::io::Write::write_all(&mut f, &value.0).map_err(io_err("write", &file))?;
+            this.files.push(file);
+        }
+        Ok(this)
+    }
+}
+
+impl Drop for SecretDir {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.dir {
+            if let Err(e) = std::fs::remove_dir_all(dir) {
+                tracing::warn!(path = %dir.display(), error = %e, "remove secret directory");
+            }
+        }
+    }
+}
+
+impl EngineInner {
+    /// The directory of cache volume `name` for one exec, and the lock that holds it for the
+    /// exec: shared users hold a shared lock, a locked user an exclusive one (waiting for its
+    /// turn, or until `ctx` is cancelled), a private user the first free `<name>[.N]`.
+    pub(crate) async fn take_volume(
+        &self,
+        ctx: &ExecContext,
+        name: &str,
+        sharing: CacheSharing,
+    ) -> Result<(PathBuf, Flock<std::fs::File>), EngineError> {
+        let dir = self.volume_dir(name)?;
+        let locks = dir.parent().unwrap_or(&dir).join(".locks");
+        std::fs::create_dir_all(&locks).map_err(io_err("create", &locks))?;
+        let open = |file: &Path| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(file)
+                .map_err(io_err("open", file))
+        };
+        if sharing == CacheSharing::Private {
+            for n in 0u32.. {
+                let lock = locks.join(format!("{name}.private.{n}"));
+                if let Ok(held) = Flock::lock(open(&lock)?, FlockArg::LockExclusiveNonblock) {
+                    let dir = match n {
+                        0 => dir,
+                        n => self.volume_dir(&format!("{name}.{n}"))?,
+                    };
+                    return Ok((dir, held));
+                }
+            }
+        }
+        let lock = locks.join(name);
+        let arg = match sharing {
+            CacheSharing::Locked => FlockArg::LockExclusiveNonblock,
+            _ => FlockArg::LockSharedNonblock,
+        };
+        let mut file = open(&lock)?;
+        loop {
+            match Flock::lock(file, arg) {
+                Ok(held) => return Ok((dir, held)),
+                Err((f, _)) => file = f,
+            }
+            if ctx.is_cancelled() {
+                return Err(EngineError::Invalid {
+                    what: format!("cache volume {name:?}"),
+                    reason: "cancelled while waiting for the volume".into(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
