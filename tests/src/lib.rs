@@ -748,3 +748,36 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
     enc.write_all(data).unwrap();
     enc.finish().unwrap()
 }
+
+/// One test per identity: `identity_tests!([root, subids, nosubids] name, …)` runs each
+/// `fn name(who: Who)` as `name::as_root`, `name::as_user_with_subids` and
+/// `name::as_user_without_subids` (any subset of the three, in brackets).
+#[macro_export]
+macro_rules! identity_tests {
+    ($whos:tt $($name:ident),* $(,)?) => {$(
+        $crate::identity_tests!(@mod $name $whos);
+    )*};
+    (@mod $name:ident [$($who:ident),+ $(,)?]) => {
+        mod $name {
+            $( $crate::identity_tests!(@test $name $who); )+
+        }
+    };
+    (@test $name:ident root) => {
+        #[test]
+        fn as_root() {
+            super::$name($crate::Who::Root)
+        }
+    };
+    (@test $name:ident subids) => {
+        #[test]
+        fn as_user_with_subids() {
+            super::$name($crate::Who::User($crate::user_with_subids()))
+        }
+    };
+    (@test $name:ident nosubids) => {
+        #[test]
+        fn as_user_without_subids() {
+            super::$name($crate::Who::User($crate::user_without_subids()))
+        }
+    };
+}

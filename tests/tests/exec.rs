@@ -16,27 +16,6 @@ use cairn_e2e::{cairn_bin_for, fixtures, Cairn, TestUser, Who};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-/// One test per identity: `for_every_who!(name)` runs `fn name(who: Who)` as
-/// `name::as_root`, `name::as_user_with_subids` and `name::as_user_without_subids`.
-macro_rules! for_every_who {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[test]
-            fn as_root() {
-                super::$name(cairn_e2e::Who::Root)
-            }
-            #[test]
-            fn as_user_with_subids() {
-                super::$name(cairn_e2e::Who::User(cairn_e2e::user_with_subids()))
-            }
-            #[test]
-            fn as_user_without_subids() {
-                super::$name(cairn_e2e::Who::User(cairn_e2e::user_without_subids()))
-            }
-        }
-    )*};
-}
-
 /// Longer than any run here should take: a run still going after this has hung.
 const HUNG: Duration = Duration::from_secs(60);
 
@@ -394,7 +373,8 @@ fn one_line(err: &[u8]) -> String {
     err.trim().to_owned()
 }
 
-for_every_who!(
+cairn_e2e::identity_tests!(
+    [root, subids, nosubids]
     uid_and_gid_mapping,
     other_user_needs_subordinate_ids,
     namespaces,

@@ -103,11 +103,15 @@ fn check(who: Who) {
     std::fs::write(outside.path.join("keep"), b"sentinel").unwrap();
     let before = cairn_e2e::tree(&outside.path);
     let cairn = Cairn::new(who);
+    // The corpus names this test's own scratch directory, so each identity pushes different
+    // layers: to a repository of its own, or concurrent pushes to one tag race.
+    let run = sha256_digest(outside.path.to_string_lossy().as_bytes());
+    let run = &run["sha256:".len().."sha256:".len() + 12];
     for (case, tar, word) in corpus(&outside.path) {
         let diff_id = sha256_digest(&tar);
         let reference = push_raw_image(
             fx.registry(),
-            &format!("hostile/{case}"),
+            &format!("hostile/{case}-{run}"),
             "latest",
             &[(LAYER, gzip(&tar), diff_id)],
         );

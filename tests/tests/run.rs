@@ -10,22 +10,8 @@ use std::process::Output;
 use cairn_e2e::{fixtures, Cairn, Who};
 use serde_json::Value;
 
-macro_rules! as_root_and_user {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[test]
-            fn as_root() {
-                super::$name(cairn_e2e::Who::Root)
-            }
-            #[test]
-            fn as_user_with_subids() {
-                super::$name(cairn_e2e::Who::User(cairn_e2e::user_with_subids()))
-            }
-        }
-    )*};
-}
-
-as_root_and_user!(
+cairn_e2e::identity_tests!(
+    [root, subids]
     pipeline_runs_caches_and_reruns_what_changed,
     failing_step_stops_its_dependents,
     secret_stays_out_of_the_store_while_a_step_runs,
