@@ -63,7 +63,7 @@ fn container_api_runs_exports_and_masks_secrets() {
 
         let failing = engine
             .container()
-            .with_label("broken")
+            .with_name("broken")
             .from(fixtures().image("busybox:latest"))
             .with_exec(["sh", "-c", "echo first >&2; echo last-words >&2; exit 4"]);
         let err = failing.sync().await.err().expect("exit 4 fails");

@@ -52,8 +52,8 @@ pub async fn run(options: cairn_images::StoreOptions, args: RunArgs) -> anyhow::
     for step in &order {
         let name = step.name.as_str();
         let mut c = match &step.source {
-            StepSource::Image(reference) => engine.container().with_label(name).from(reference),
-            StepSource::From(other) => containers[other].with_label(name),
+            StepSource::Image(reference) => engine.container().with_name(name).from(reference),
+            StepSource::From(other) => containers[other].with_name(name),
         };
         for (k, v) in &step.env {
             c = c.with_env_variable(k, v);
@@ -78,7 +78,7 @@ pub async fn run(options: cairn_images::StoreOptions, args: RunArgs) -> anyhow::
                 } => {
                     let dir = engine.host().directory(path);
                     let dir = dir.with_include(include.iter().cloned());
-                    let dir = dir.with_exclude(exclude.iter().cloned()).with_label(name);
+                    let dir = dir.with_exclude(exclude.iter().cloned()).with_name(name);
                     c.with_directory(to, &dir)
                 }
                 Input::Step { step, path, to } => {

@@ -274,7 +274,7 @@ impl Directory {
     }
 
     /// This directory with progress and errors naming `label` (a pipeline step).
-    pub fn with_label(&self, label: impl Into<String>) -> Directory {
+    pub fn with_name(&self, label: impl Into<String>) -> Directory {
         let label = Some(label.into());
         match &self.host {
             Some((path, include, exclude)) => Directory::host(
@@ -431,8 +431,9 @@ impl Container {
         Vertex::new(op, inputs, VertexOptions::new(name))
     }
 
-    /// This container with progress and errors naming `label` (a pipeline step).
-    pub fn with_label(&self, label: impl Into<String>) -> Container {
+    /// This container with progress and errors naming `label` (a pipeline step). Not an OCI
+    /// label: those are image configuration.
+    pub fn with_name(&self, label: impl Into<String>) -> Container {
         let mut c = self.clone();
         c.label = Some(label.into());
         c.spec.label = c.label.clone().unwrap_or_default();
