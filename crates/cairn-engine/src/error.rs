@@ -105,6 +105,26 @@ pub enum EngineError {
         /// Why it failed.
         reason: String,
     },
+    /// A path asked for (a file, a directory) is not in the container or directory.
+    #[error("step {step:?}: no such file or directory {path}")]
+    PathNotFound {
+        /// The step (the container's name, or the vertex that reads the path).
+        step: String,
+        /// The path, as asked for.
+        path: String,
+    },
+    /// A path asked for is there but of another type (a directory where a file was asked for).
+    #[error("step {step:?}: {path} is {found}, not {expected}")]
+    WrongFileType {
+        /// The step (the container's name, or the vertex that reads the path).
+        step: String,
+        /// The path, as asked for.
+        path: String,
+        /// What was asked for: "a regular file", "a directory".
+        expected: &'static str,
+        /// What is there: "a directory", "a symlink loop", "a device" ...
+        found: &'static str,
+    },
     /// Solving the pipeline failed: a vertex failed or was skipped.
     #[error(transparent)]
     Solve(#[from] SolveError),
@@ -131,7 +151,8 @@ impl EngineError {
             EngineError::ExecFailed { .. }
             | EngineError::Glob { .. }
             | EngineError::Invalid { .. } => ErrorKind::InvalidInput,
-            EngineError::Secret { .. } => ErrorKind::NotFound,
+            EngineError::Secret { .. } | EngineError::PathNotFound { .. } => ErrorKind::NotFound,
+            EngineError::WrongFileType { .. } => ErrorKind::InvalidInput,
             EngineError::Stopped { .. } => ErrorKind::Cancelled,
             EngineError::Solve(e) if e.kind() == cairn_solver::ErrorKind::Cancelled => {
                 ErrorKind::Cancelled

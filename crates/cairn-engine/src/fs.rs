@@ -18,6 +18,9 @@ use crate::error::{io_err, EngineError};
 pub(crate) struct Filter {
     include: Option<GlobSet>,
     exclude: GlobSet,
+    /// Where the walked tree sits in the tree the patterns are relative to (empty: its root),
+    /// for a subdirectory of a filtered host directory.
+    prefix: PathBuf,
 }
 
 impl Filter {
@@ -49,7 +52,15 @@ impl Filter {
                 Some(set(include)?)
             },
             exclude: set(exclude)?,
+            prefix: PathBuf::new(),
         })
+    }
+
+    /// This filter for walking the subdirectory `prefix` of the tree its patterns are
+    /// relative to.
+    pub(crate) fn within(mut self, prefix: &Path) -> Self {
+        self.prefix = prefix.to_owned();
+        self
     }
 
     /// Everything.
@@ -57,15 +68,28 @@ impl Filter {
         Filter {
             include: None,
             exclude: GlobSet::empty(),
+            prefix: PathBuf::new(),
         }
     }
 
-    fn excluded(&self, rel: &Path) -> bool {
-        self.exclude.is_match(rel)
+    /// Whether the entry `rel` (relative to the walked tree) is excluded.
+    pub(crate) fn excluded(&self, rel: &Path) -> bool {
+        if self.prefix.as_os_str().is_empty() {
+            self.exclude.is_match(rel)
+        } else {
+            self.exclude.is_match(self.prefix.join(rel))
+        }
     }
 
-    fn included(&self, rel: &Path) -> bool {
-        self.include.as_ref().is_none_or(|set| set.is_match(rel))
+    /// Whether the file or symlink `rel` (relative to the walked tree) is included.
+    pub(crate) fn included(&self, rel: &Path) -> bool {
+        self.include.as_ref().is_none_or(|set| {
+            if self.prefix.as_os_str().is_empty() {
+                set.is_match(rel)
+            } else {
+                set.is_match(self.prefix.join(rel))
+            }
+        })
     }
 }
 

@@ -38,6 +38,7 @@
 
 mod cache;
 mod error;
+mod files;
 mod fs;
 mod ops;
 
@@ -54,8 +55,10 @@ pub use cairn_solver::{
     CancellationToken, Event, EventKind, LogStream, SolveError, SolveOptions, VertexId,
 };
 pub use error::{EngineError, ErrorKind};
+pub use files::FileSource;
 pub use ops::{CacheSharing, DirSource, ImageState};
 
+use crate::files::{CopyFileOp, FileOp, Mounted, NewFileOp, SubdirOp};
 use crate::ops::{ContainerDirOp, CopyOp, ExecOp, ExecSpec, FromOp, HostDirOp, SecretValue};
 
 /// The result of a vertex, as the solver passes it along and the cache records it.
@@ -73,6 +76,9 @@ pub struct Output {
     pub exit_code: Option<i32>,
     /// For a directory vertex: where the directory is.
     pub directory: Option<DirSource>,
+    /// For a file vertex: where the file is.
+    #[serde(default)]
+    pub file: Option<FileSource>,
 }
 
 pub(crate) struct EngineInner {
@@ -314,15 +320,135 @@ impl Directory {
         digest
     }
 
+    fn step(&self) -> &str {
+        self.vertex.id().name()
+    }
+
+    /// The subdirectory `path` of this directory (`..` stops at its root; symlinks are
+    /// followed inside it). A missing one is an error when it is read.
+    pub fn directory(&self, path: impl Into<String>) -> Directory {
+        let path = path.into();
+        let op = SubdirOp { path: path.clone() };
+        let name = (self.label.clone()).unwrap_or_else(|| format!("{} {path}", self.step()));
+        Directory {
+            engine: self.engine.clone(),
+            label: self.label.clone(),
+            vertex: Vertex::new(Arc::new(op), vec![self.vertex.edge()], VertexOptions::new(name)),
+            host: None,
+        }
+    }
+
+    /// The file `path` of this directory (relative to its root, symlinks followed inside it).
+    pub fn file(&self, path: impl Into<String>) -> File {
+        let path = path.into();
+        let op = FileOp {
+            path: path.clone(),
+            workdir: None,
+            in_container: false,
+        };
+        let name = (self.label.clone()).unwrap_or_else(|| format!("{} {path}", self.step()));
+        File {
+            engine: self.engine.clone(),
+            vertex: Vertex::new(Arc::new(op), vec![self.vertex.edge()], VertexOptions::new(name)),
+        }
+    }
+
+    async fn source(&self) -> Result<DirSource, EngineError> {
+        let output = self.engine.solve(&self.vertex).await?;
+        output.directory.ok_or_else(|| EngineError::Invalid {
+            what: self.vertex.id().to_string(),
+            reason: "not a directory".into(),
+        })
+    }
+
+    /// The names of the entries directly in this directory, sorted (for a host directory,
+    /// those its include and exclude patterns take).
+    pub async fn entries(&self) -> Result<Vec<String>, EngineError> {
+        let source = self.source().await?;
+        self.engine.inner.entries(self.step(), &source).await
+    }
+
     /// Solves the directory and writes its contents into the host directory `dest` (created
     /// when missing; files already there are overwritten).
     pub async fn export(&self, dest: impl AsRef<Path>) -> Result<(), EngineError> {
-        let output = self.engine.solve(&self.vertex).await?;
-        let source = output.directory.ok_or_else(|| EngineError::Invalid {
-            what: self.vertex.id().to_string(),
-            reason: "not a directory".into(),
-        })?;
+        let source = self.source().await?;
         self.engine.inner.materialize(&source, dest.as_ref()).await
+    }
+}
+
+/// A file of a container or a directory. Cheap to clone; lazy: nothing is read until one of
+/// its async methods is awaited, and a missing file (or one that is not a regular file) is an
+/// error then, naming the path and the step.
+#[derive(Clone)]
+pub struct File {
+    engine: Engine,
+    vertex: Vertex<Output>,
+}
+
+impl File {
+    /// This file with progress and errors naming `name` (a pipeline step).
+    pub fn with_name(&self, name: impl Into<String>) -> File {
+        let op = Arc::clone(self.vertex.op());
+        let inputs = self.vertex.inputs().to_vec();
+        File {
+            engine: self.engine.clone(),
+            vertex: Vertex::new(op, inputs, VertexOptions::new(name)),
+        }
+    }
+
+    async fn local(&self) -> Result<files::LocalFile, EngineError> {
+        let output = self.engine.solve(&self.vertex).await?;
+        let source = output.file.ok_or_else(|| EngineError::Invalid {
+            what: self.vertex.id().to_string(),
+            reason: "not a file".into(),
+        })?;
+        self.engine
+            .inner
+            .local_file(self.vertex.id().name(), &source)
+            .await
+    }
+
+    /// The content, as bytes.
+    pub async fn contents_bytes(&self) -> Result<Vec<u8>, EngineError> {
+        self.local().await?.read()
+    }
+
+    /// The content, as text (an error when it is not UTF-8: see [`File::contents_bytes`]).
+    pub async fn contents(&self) -> Result<String, EngineError> {
+        let local = self.local().await?;
+        String::from_utf8(local.read()?).map_err(|_| EngineError::Invalid {
+            what: format!("step {:?}: {}", self.vertex.id().name(), local.path.display()),
+            reason: "the file is not UTF-8 text; read it with contents_bytes".into(),
+        })
+    }
+
+    /// The sha256 digest of the content.
+    pub async fn digest(&self) -> Result<cairn_oci::Digest, EngineError> {
+        let local = self.local().await?;
+        tokio::task::spawn_blocking(move || local.digest())
+            .await
+            .map_err(|e| EngineError::Invalid {
+                what: "hashing task".into(),
+                reason: e.to_string(),
+            })?
+    }
+
+    /// The size in bytes.
+    pub async fn size(&self) -> Result<u64, EngineError> {
+        Ok(self.local().await?.meta.len())
+    }
+
+    /// Writes the file to the host path `dest` (its parent directories created, a file there
+    /// replaced), with the file's permission bits.
+    pub async fn export(&self, dest: impl AsRef<Path>) -> Result<(), EngineError> {
+        let local = self.local().await?;
+        let dest = dest.as_ref().to_owned();
+        tokio::task::spawn_blocking(move || local.copy_to(&dest, None))
+            .await
+            .map_err(|e| EngineError::Invalid {
+                what: "export task".into(),
+                reason: e.to_string(),
+            })?
     }
 }
 
@@ -463,7 +589,9 @@ impl Container {
             engine: self.engine.inner.clone(),
             spec,
         };
-        let inputs = self.vertex.iter().map(Vertex::edge).collect();
+        // The container, then the mounted directories and files (their keys are the exec's).
+        let mounted = self.spec.mounts.iter().filter_map(|(_, m)| m.edge().cloned());
+        let inputs = self.vertex.iter().map(Vertex::edge).chain(mounted).collect();
         let mut c = self.clone();
         let options = VertexOptions::new(name).ignore_cache(self.engine.ignore_cache);
         c.vertex = Some(Vertex::new(Arc::new(op), inputs, options));
@@ -558,6 +686,119 @@ impl Container {
             .secret_files
             .push((path, secret.name.clone(), secret.value.clone()));
         c
+    }
+
+    /// Writes a file of content `contents` (mode 0644) at `path` (relative paths are in the
+    /// working directory), as a new snapshot. The key holds the content's digest: another
+    /// content gives another key, and so reruns later execs.
+    pub fn with_new_file(&self, path: impl Into<String>, contents: impl Into<Vec<u8>>) -> Container {
+        self.with_new_file_permissions(path, contents, 0o644)
+    }
+
+    /// [`Container::with_new_file`] with the permission bits `permissions` (`0o755`).
+    pub fn with_new_file_permissions(
+        &self,
+        path: impl Into<String>,
+        contents: impl Into<Vec<u8>>,
+        permissions: u32,
+    ) -> Container {
+        let path = path.into();
+        let op = NewFileOp {
+            engine: self.engine.inner.clone(),
+            path: path.clone(),
+            contents: Arc::new(contents.into()),
+            mode: permissions,
+            workdir: self.spec.workdir.clone(),
+            has_base: self.vertex.is_some(),
+        };
+        let inputs = self.vertex.iter().map(Vertex::edge).collect();
+        let name = self.name(|| format!("new file {path}"));
+        let mut c = self.clone();
+        c.vertex = Some(self.vertex(Arc::new(op), inputs, name));
+        c
+    }
+
+    /// Copies `file` to `path` (relative paths are in the working directory), keeping its
+    /// permission bits, as a new snapshot.
+    pub fn with_file(&self, path: impl Into<String>, file: &File) -> Container {
+        self.copy_file(path.into(), file, None)
+    }
+
+    /// [`Container::with_file`] with the permission bits `permissions` instead of the file's.
+    pub fn with_file_permissions(
+        &self,
+        path: impl Into<String>,
+        file: &File,
+        permissions: u32,
+    ) -> Container {
+        self.copy_file(path.into(), file, Some(permissions))
+    }
+
+    fn copy_file(&self, path: String, file: &File, mode: Option<u32>) -> Container {
+        let op = CopyFileOp {
+            engine: self.engine.inner.clone(),
+            path: path.clone(),
+            mode,
+            workdir: self.spec.workdir.clone(),
+            source_step: file.vertex.id().name().to_owned(),
+            has_base: self.vertex.is_some(),
+        };
+        let mut inputs: Vec<_> = self.vertex.iter().map(Vertex::edge).collect();
+        inputs.push(file.vertex.edge());
+        let name = self.name(|| format!("copy file to {path}"));
+        let mut c = self.clone();
+        c.vertex = Some(self.vertex(Arc::new(op), inputs, name));
+        c
+    }
+
+    fn with_mount(&self, path: String, mounted: Mounted) -> Container {
+        let mut c = self.clone();
+        c.spec.mounts.retain(|(p, _)| *p != path);
+        c.spec.mounts.push((path, mounted));
+        c
+    }
+
+    /// Mounts `directory` at `path` in later execs instead of copying it into the
+    /// filesystem: each exec sees a fresh read-write copy, so what it writes there changes
+    /// neither the directory's source nor the exec's committed result. The directory's key
+    /// is part of each later exec's key.
+    pub fn with_mounted_directory(&self, path: impl Into<String>, directory: &Directory) -> Container {
+        self.with_mount(path.into(), Mounted::Directory(directory.vertex.edge()))
+    }
+
+    /// Mounts `file` at `path` in later execs (a fresh read-write copy each time, as
+    /// [`Container::with_mounted_directory`] does); its key is part of each later exec's.
+    pub fn with_mounted_file(&self, path: impl Into<String>, file: &File) -> Container {
+        self.with_mount(path.into(), Mounted::File(file.vertex.edge()))
+    }
+
+    /// Mounts an empty tmpfs at `path` in later execs; what is written there is gone after
+    /// each exec.
+    pub fn with_mounted_temp(&self, path: impl Into<String>) -> Container {
+        self.with_mount(path.into(), Mounted::Temp)
+    }
+
+    /// The file `path` of the container's filesystem (relative paths are in the working
+    /// directory; symlinks are followed inside the container). Mounts are not part of the
+    /// filesystem.
+    pub fn file(&self, path: impl Into<String>) -> File {
+        let path = path.into();
+        let op = FileOp {
+            path: path.clone(),
+            workdir: self.spec.workdir.clone(),
+            in_container: true,
+        };
+        let inputs = self.vertex.iter().map(Vertex::edge).collect();
+        let name = self.name(|| format!("file {path}"));
+        File {
+            engine: self.engine.clone(),
+            vertex: self.vertex(Arc::new(op), inputs, name),
+        }
+    }
+
+    /// The container's whole filesystem, as a directory.
+    pub fn rootfs(&self) -> Directory {
+        self.directory("/")
     }
 
     /// The directory `path` of the container's filesystem.

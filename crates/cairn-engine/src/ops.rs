@@ -56,6 +56,10 @@ pub enum DirSource {
         include: Vec<String>,
         /// Exclude patterns.
         exclude: Vec<String>,
+        /// The subdirectory of `path` meant (empty: `path` itself); the patterns stay
+        /// relative to `path`.
+        #[serde(default)]
+        sub: PathBuf,
     },
     /// A directory of a container's filesystem.
     Snapshot {
@@ -177,6 +181,7 @@ impl Op<Output> for HostDirOp {
                     path: self.path.clone(),
                     include: self.include.clone(),
                     exclude: self.exclude.clone(),
+                    sub: PathBuf::new(),
                 }),
                 ..Output::default()
             }])
@@ -224,11 +229,13 @@ impl EngineInner {
                 path,
                 include,
                 exclude,
+                sub,
             } => {
                 let (path, include, exclude) = (path.clone(), include.clone(), exclude.clone());
-                let dest = dest.to_owned();
+                let (sub, dest) = (sub.clone(), dest.to_owned());
                 tokio::task::spawn_blocking(move || {
-                    copy_tree(&path, &dest, &Filter::new(&path, &include, &exclude)?)
+                    let filter = Filter::new(&path, &include, &exclude)?.within(&sub);
+                    copy_tree(&path.join(&sub), &dest, &filter)
                 })
                 .await
                 .map_err(|e| EngineError::Invalid {
@@ -253,8 +260,10 @@ impl EngineInner {
                         .flatten_snapshot(snapshot.as_deref(), &tmp)
                         .await?
                         .map_err(flat_err)?;
-                    let sub = tmp.join(path.trim_start_matches('/'));
-                    if !sub.is_dir() {
+                    // Symlinks on the way are followed inside the container's root, never out
+                    // of it onto the host.
+                    let sub = crate::files::resolve_in_root(&tmp, path).map_err(flat_err)?;
+                    if !std::fs::symlink_metadata(&sub).is_ok_and(|m| m.is_dir()) {
                         return Err(flat_err("no such directory in the container".into()));
                     }
                     let dest = dest.to_owned();
@@ -379,6 +388,8 @@ pub(crate) struct ExecSpec {
     pub(crate) secret_env: Vec<(String, String, SecretValue)>,
     /// (container path, secret name, value).
     pub(crate) secret_files: Vec<(String, String, SecretValue)>,
+    /// (container path, what): mounted directories, files and tmpfs.
+    pub(crate) mounts: Vec<(String, crate::files::Mounted)>,
 }
 
 impl ExecSpec {
@@ -396,7 +407,7 @@ impl ExecSpec {
                 .map(|(path, name, _)| ("file", path, name)),
         )
         .collect();
-        CacheDescription::new("exec")
+        let mut d = CacheDescription::new("exec")
             .field("args", json(serde_json::json!(self.args)))
             .field("env", json(serde_json::json!(self.env)))
             .field("workdir", self.workdir.as_deref().unwrap_or(""))
@@ -409,7 +420,14 @@ impl ExecSpec {
                 },
             )
             .field("caches", json(serde_json::json!(self.caches)))
-            .field("secrets", json(serde_json::json!(secrets)))
+            .field("secrets", json(serde_json::json!(secrets)));
+        // Only when there are mounts, so the keys of execs without them stay as they were.
+        // The mounted inputs' own keys come in as input keys.
+        if !self.mounts.is_empty() {
+            let mounts: Vec<_> = self.mounts.iter().map(|(p, m)| (p, m.kind())).collect();
+            d.set("mounts", json(serde_json::json!(mounts)));
+        }
+        d
     }
 
     fn command(&self) -> String {
@@ -473,6 +491,10 @@ impl ExecOp {
         inputs: Vec<Output>,
     ) -> Result<Vec<Output>, EngineError> {
         let spec = &self.spec;
+        // The container first (when there is one), then each mounted input.
+        let mut inputs = inputs;
+        let mounted_inputs = spec.mounts.iter().filter(|(_, m)| m.edge().is_some());
+        let mounted = inputs.split_off(inputs.len().saturating_sub(mounted_inputs.count()));
         let base = inputs.into_iter().next().unwrap_or_default();
         let key = ctx
             .cache_key()
@@ -493,7 +515,10 @@ impl ExecOp {
             .unwrap_or_else(|| "/".into());
         let user = spec.user.clone().unwrap_or_else(|| base.state.user.clone());
 
-        let mut mounts = Vec::new();
+        let mounted = (self.engine)
+            .mount_inputs(&spec.label, &spec.mounts, mounted)
+            .await?;
+        let mut mounts = mounted.mounts.clone();
         let mut volume_locks = Vec::new();
         let mut taken: BTreeMap<&str, (PathBuf, CacheSharing)> = BTreeMap::new();
         // Locks in name order, each volume once, so two steps never wait on each other.
@@ -603,6 +628,7 @@ impl ExecOp {
         let (outcome, ()) = tokio::join!(finish, pump);
         drop(secrets);
         drop(volume_locks);
+        drop(mounted);
         let outcome = outcome?;
         let code = outcome.status.code();
         let stdout = redactor.mask(&String::from_utf8_lossy(&captured.stdout));
@@ -629,7 +655,7 @@ impl ExecOp {
             stdout,
             stderr,
             exit_code: Some(code),
-            directory: None,
+            ..Output::default()
         }])
     }
 }
