@@ -518,7 +518,8 @@ fn default_name(path: &Path, archive_name: Option<&str>) -> String {
 }
 
 /// Streams a member into the content store under `digest`; the store refuses it unless the
-/// bytes match.
+/// bytes match. A blob the store already holds is still read and checked, so an archive that
+/// lacks a blob or carries a corrupt one is refused whatever the store holds.
 fn ingest(
     store: &Store,
     reader: &ArchiveReader,
@@ -527,9 +528,6 @@ fn ingest(
     size: u64,
 ) -> Result<(), ImagesError> {
     let content = store.content();
-    if content.contains(digest).unwrap_or(false) {
-        return Ok(());
-    }
     let (mut stream, actual_size) = reader.open_member(member)?;
     let err = |message: String| member_err(reader.path(), member, message);
     if actual_size != size {
@@ -537,18 +535,38 @@ fn ingest(
             "blob {digest} is {actual_size} bytes, but the manifest says {size}"
         )));
     }
-    let mut writer = content
-        .writer(digest, size)
-        .map_err(|e| err(e.to_string()))?;
+    let mut writer = if content.contains(digest).unwrap_or(false) {
+        None
+    } else {
+        Some(
+            content
+                .writer(digest, size)
+                .map_err(|e| err(e.to_string()))?,
+        )
+    };
+    let mut hasher = Sha256Writer::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = stream.read(&mut buf).map_err(|e| err(e.to_string()))?;
         if n == 0 {
             break;
         }
-        writer.write_chunk(&buf[..n]).map_err(|e| err(e.to_string()))?;
+        match writer.as_mut() {
+            Some(w) => w.write_chunk(&buf[..n]).map_err(|e| err(e.to_string()))?,
+            None => hasher.update(&buf[..n]),
+        }
     }
-    writer.commit().map_err(|e| err(e.to_string()))?;
+    match writer {
+        Some(w) => w.commit().map_err(|e| err(e.to_string()))?,
+        None => {
+            let actual = hasher.finish();
+            if &actual != digest {
+                return Err(err(format!(
+                    "blob {digest} has digest {actual}: content does not match its digest"
+                )));
+            }
+        }
+    }
     debug!(%digest, member, "imported blob");
     Ok(())
 }
