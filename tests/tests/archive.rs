@@ -150,8 +150,16 @@ fn export_formats_round_trip(who: Who) {
     let imported = other.ok(&["import", path_str(&layout), "localhost/archive/oci:1"]);
     assert_eq!(imported.trim(), digest);
     let imported = other.ok(&["import", path_str(&oci_tar)]);
-    assert_eq!(imported.trim(), digest, "same manifest digest after a round trip");
-    let imported = other.ok(&["import", path_str(&docker_tar), "localhost/archive/docker:1"]);
+    assert_eq!(
+        imported.trim(),
+        digest,
+        "same manifest digest after a round trip"
+    );
+    let imported = other.ok(&[
+        "import",
+        path_str(&docker_tar),
+        "localhost/archive/docker:1",
+    ]);
     assert!(imported.trim().starts_with("sha256:"));
     let images = listing(&other);
     assert_eq!(images.get("localhost/archive/oci:1"), Some(&digest));
@@ -161,13 +169,23 @@ fn export_formats_round_trip(who: Who) {
         images.get("localhost/archive/docker:1").map(String::as_str),
         Some(imported.trim())
     );
-    let out = other.ok(&["exec", "localhost/archive/docker:1", "--", "cat", "/etc/passwd"]);
+    let out = other.ok(&[
+        "exec",
+        "localhost/archive/docker:1",
+        "--",
+        "cat",
+        "/etc/passwd",
+    ]);
     assert!(out.contains("root:"), "{out}");
     // The imported image's rootfs is the original's.
     let again = other.dir("again");
     other.ok(&["export", "localhost/archive/docker:1", path_str(&again)]);
     let diffs = diff_trees(&rootfs, &again);
-    assert!(diffs.is_empty(), "docker-archive round trip differs:\n{}", diffs.join("\n"));
+    assert!(
+        diffs.is_empty(),
+        "docker-archive round trip differs:\n{}",
+        diffs.join("\n")
+    );
 
     // The transports work wherever a reference does, in a store that has never seen the image.
     for source in [
@@ -256,15 +274,15 @@ fn skopeo_archives_import_and_run(who: Who) {
             "-q",
             "--src-tls-verify=false",
             &format!("docker://{reference}"),
-            &format!("docker-archive:{}:localhost/skopeo/busybox:v2", docker_tar.display()),
+            &format!(
+                "docker-archive:{}:localhost/skopeo/busybox:v2",
+                docker_tar.display()
+            ),
         ],
     );
     who.own(&oci_tar);
     who.own(&docker_tar);
-    let registry_digest = skopeo_digest(
-        who,
-        &format!("oci-archive:{}", oci_tar.display()),
-    );
+    let registry_digest = skopeo_digest(who, &format!("oci-archive:{}", oci_tar.display()));
     let out = cairn.ok(&[
         "exec",
         &format!("oci-archive:{}:v1", oci_tar.display()),
@@ -283,7 +301,9 @@ fn skopeo_archives_import_and_run(who: Who) {
     let digest = cairn.ok(&["import", path_str(&docker_tar)]);
     let images = listing(&cairn);
     assert_eq!(
-        images.get("localhost/skopeo/busybox:v2").map(String::as_str),
+        images
+            .get("localhost/skopeo/busybox:v2")
+            .map(String::as_str),
         Some(digest.trim()),
         "{images:?}"
     );
@@ -291,11 +311,20 @@ fn skopeo_archives_import_and_run(who: Who) {
     assert!(out.contains("/bin/sh"), "{out}");
 }
 
+/// Changes (or, with `None`, drops) a member of an archive being built.
+type Edit<'a> = &'a dyn Fn(&str, &[u8]) -> Option<Vec<u8>>;
+
 /// The members of busybox's OCI layout, by name.
 fn layout_members(layout: &Path) -> Vec<(String, Vec<u8>)> {
     let mut members = vec![
-        ("oci-layout".to_owned(), fs::read(layout.join("oci-layout")).unwrap()),
-        ("index.json".to_owned(), fs::read(layout.join("index.json")).unwrap()),
+        (
+            "oci-layout".to_owned(),
+            fs::read(layout.join("oci-layout")).unwrap(),
+        ),
+        (
+            "index.json".to_owned(),
+            fs::read(layout.join("index.json")).unwrap(),
+        ),
     ];
     for entry in fs::read_dir(layout.join("blobs/sha256")).unwrap() {
         let entry = entry.unwrap();
@@ -328,7 +357,7 @@ fn hostile_archives_are_refused(who: Who) {
         &manifest["layers"][0]["digest"].as_str().unwrap()[7..]
     );
     let members = layout_members(&layout);
-    let build = |edit: &dyn Fn(&str, &[u8]) -> Option<Vec<u8>>, extra: &dyn Fn(RawTar) -> RawTar| {
+    let build = |edit: Edit<'_>, extra: &dyn Fn(RawTar) -> RawTar| {
         let mut tar = RawTar::default();
         for (name, data) in &members {
             if let Some(data) = edit(name, data) {
@@ -347,18 +376,16 @@ fn hostile_archives_are_refused(who: Who) {
         ),
         (
             "symlinked-layer",
-            build(
-                &|n, d| (n != layer).then(|| d.to_vec()),
-                &|t| t.symlink(&layer, "../../../../etc/shadow"),
-            ),
+            build(&|n, d| (n != layer).then(|| d.to_vec()), &|t| {
+                t.symlink(&layer, "../../../../etc/shadow")
+            }),
             vec![layer.as_str(), "outside the archive"],
         ),
         (
             "absolute-symlink",
-            build(
-                &|n, d| (n != layer).then(|| d.to_vec()),
-                &|t| t.symlink(&layer, "/etc/shadow"),
-            ),
+            build(&|n, d| (n != layer).then(|| d.to_vec()), &|t| {
+                t.symlink(&layer, "/etc/shadow")
+            }),
             vec![layer.as_str(), "absolute path"],
         ),
         (
@@ -398,7 +425,11 @@ fn hostile_archives_are_refused(who: Who) {
             ),
             vec!["index.json", "bytes allowed"],
         ),
-        ("not-a-tar", b"hello, this is not a tar archive".repeat(40), vec!["not"]),
+        (
+            "not-a-tar",
+            b"hello, this is not a tar archive".repeat(40),
+            vec!["not"],
+        ),
     ];
     let before = listing(&cairn);
     for (name, bytes, words) in cases {
@@ -474,7 +505,13 @@ fn killed_export_leaves_no_complete_dest(who: Who) {
     assert!(killed_midway > 0, "no export was killed before it finished");
     // What the killed runs left behind does not stop the next export.
     let dest = cairn.dir("after");
-    cairn.ok(&["export", "--format", "oci-archive", &reference, path_str(&dest)]);
+    cairn.ok(&[
+        "export",
+        "--format",
+        "oci-archive",
+        &reference,
+        path_str(&dest),
+    ]);
     assert_eq!(
         skopeo_digest(who, &format!("oci-archive:{}", dest.display())),
         digest
@@ -484,3 +521,68 @@ fn killed_export_leaves_no_complete_dest(who: Who) {
 cairn_e2e::identity_tests!([root, subids] export_formats_round_trip, skopeo_archives_import_and_run, hostile_archives_are_refused, killed_export_leaves_no_complete_dest);
 cairn_e2e::identity_tests!([root] podman_loads_exports);
 
+/// The embedding API: `Container::import` of each archive format (detected), and the
+/// transports in `from`, run a container of the archived image.
+#[test]
+fn engine_container_import() {
+    use cairn_e2e::{cairn_bin, Scratch};
+    use cairn_images::{HelperProgram, StoreOptions};
+
+    let fx = fixtures();
+    let reference = fx.image("busybox:latest");
+    let cairn = Cairn::new(Who::Root);
+    let digest = cairn.pull(&reference);
+    let layout = cairn.dir("layout");
+    let oci_tar = cairn.dir("image.tar");
+    let docker_tar = cairn.dir("docker.tar");
+    cairn.ok(&["export", "--format", "oci", &reference, path_str(&layout)]);
+    cairn.ok(&[
+        "export",
+        "--format",
+        "oci-archive",
+        &reference,
+        path_str(&oci_tar),
+    ]);
+    cairn.ok(&[
+        "export",
+        "--format",
+        "docker-archive",
+        &reference,
+        path_str(&docker_tar),
+    ]);
+
+    let scratch = Scratch::new("engine-import");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut options = StoreOptions::new(scratch.path.join("store"));
+    // The test binary does not call cairn_images::init: the cairn binary is the helper.
+    options.helper = HelperProgram::Path(cairn_bin());
+    let engine = rt.block_on(cairn_engine::Engine::open(options)).unwrap();
+    rt.block_on(async {
+        for archive in [&oci_tar, &layout, &docker_tar] {
+            let c = engine.container().import(archive).unwrap().with_exec([
+                "sh",
+                "-c",
+                "head -1 /etc/passwd",
+            ]);
+            let out = c.stdout().await.unwrap();
+            assert!(out.starts_with("root:"), "{}: {out}", archive.display());
+        }
+        let from = engine
+            .container()
+            .from(format!("oci-archive:{}", oci_tar.display()))
+            .with_exec(["true"]);
+        from.sync().await.unwrap();
+        let err = engine
+            .container()
+            .import(cairn.dir("missing.tar"))
+            .err()
+            .expect("a missing archive fails");
+        assert!(err.to_string().contains("missing.tar"), "{err}");
+    });
+    let store = cairn_images::Store::open(StoreOptions::new(scratch.path.join("store"))).unwrap();
+    let images = store.images().unwrap();
+    assert!(
+        images.iter().any(|i| i.digest.as_str() == digest),
+        "{images:?}"
+    );
+}

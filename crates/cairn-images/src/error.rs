@@ -161,7 +161,9 @@ impl ImagesError {
             },
             ImagesError::DiffIdMismatch { .. } | ImagesError::Layer { .. } => ErrorKind::Corrupt,
             ImagesError::ArchiveInvalid { .. } => ErrorKind::InvalidInput,
-            ImagesError::ArchiveMember { message, .. } if message.contains("not in the archive") => {
+            ImagesError::ArchiveMember { message, .. }
+                if message.contains("not in the archive") =>
+            {
                 ErrorKind::NotFound
             }
             ImagesError::ArchiveMember { .. } => ErrorKind::Corrupt,

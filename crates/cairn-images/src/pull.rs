@@ -319,9 +319,8 @@ impl Store {
                 "device nodes cannot be created without root and were left out"
             );
         }
-        let size = manifest_size
-            + parts.config_size
-            + parts.layers.iter().map(|(_, s, _)| s).sum::<u64>();
+        let size =
+            manifest_size + parts.config_size + parts.layers.iter().map(|(_, s, _)| s).sum::<u64>();
         let record = ImageRecord {
             reference: name,
             digest: manifest_digest,

@@ -22,8 +22,7 @@ use std::path::{Path, PathBuf};
 
 use cairn_oci::media_types::{DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST};
 use cairn_oci::{
-    valid_ref_name, Digest, ImageReference, ImageSource, LayerCompression, Platform,
-    Sha256Writer,
+    valid_ref_name, Digest, ImageReference, ImageSource, LayerCompression, Platform, Sha256Writer,
 };
 use oci_spec::image::ImageManifest;
 use serde::Deserialize;
@@ -82,8 +81,7 @@ fn detect_format(reader: &ArchiveReader) -> Result<ArchiveFormat, ImagesError> {
     } else {
         Err(whole(
             reader.path(),
-            "neither an OCI archive (no index.json) nor a docker archive (no manifest.json)"
-                .into(),
+            "neither an OCI archive (no index.json) nor a docker archive (no manifest.json)".into(),
         ))
     }
 }
@@ -187,8 +185,13 @@ fn read_blob(
 }
 
 fn parse_digest(reader: &ArchiveReader, member: &str, text: &str) -> Result<Digest, ImagesError> {
-    text.parse()
-        .map_err(|e| member_err(reader.path(), member, format!("invalid digest {text:?}: {e}")))
+    text.parse().map_err(|e| {
+        member_err(
+            reader.path(),
+            member,
+            format!("invalid digest {text:?}: {e}"),
+        )
+    })
 }
 
 /// Picks the index entry to import: the one named `tag`, or the only one; an entry that is
@@ -279,7 +282,11 @@ fn select_oci(reader: &ArchiveReader, tag: Option<&str>) -> Result<Selected, Ima
         let digest = parse_digest(reader, "index.json", &entry.digest)?;
         let bytes = read_blob(reader, &digest, entry.size, "index")?;
         let nested: Index = serde_json::from_slice(&bytes).map_err(|e| {
-            member_err(path, &blob_member(&digest), format!("not an OCI index: {e}"))
+            member_err(
+                path,
+                &blob_member(&digest),
+                format!("not an OCI index: {e}"),
+            )
         })?;
         let host = Platform::host();
         let best = nested
@@ -363,10 +370,7 @@ fn sniff_manifest_type(bytes: &[u8], descriptor: Option<&str>) -> Result<String,
 
 /// Picks the image of a docker archive and turns it into an OCI manifest over the same blobs:
 /// the config's digest is computed, each layer's digest is hashed from the archive.
-fn select_docker(
-    reader: &ArchiveReader,
-    reference: Option<&str>,
-) -> Result<Selected, ImagesError> {
+fn select_docker(reader: &ArchiveReader, reference: Option<&str>) -> Result<Selected, ImagesError> {
     let path = reader.path();
     let bytes = reader.read_small("manifest.json", MAX_JSON)?;
     let entries: Vec<DockerEntry> = serde_json::from_slice(&bytes).map_err(|e| {
@@ -392,22 +396,13 @@ fn select_docker(
                     return Err(member_err(
                         path,
                         "manifest.json",
-                        format!(
-                            "no image tagged {}",
-                            wanted.unwrap_or_default()
-                        ),
+                        format!("no image tagged {}", wanted.unwrap_or_default()),
                     ))
                 }
             }
         }
         None => match entries.as_slice() {
-            [one] => (
-                one,
-                one.repo_tags
-                    .iter()
-                    .flatten()
-                    .find_map(|t| normal(t)),
-            ),
+            [one] => (one, one.repo_tags.iter().flatten().find_map(|t| normal(t))),
             [] => return Err(member_err(path, "manifest.json", "names no image".into())),
             _ => {
                 return Err(member_err(
@@ -467,7 +462,11 @@ fn select_docker(
     });
     let manifest_bytes = serde_json::to_vec(&manifest_json).expect("JSON values serialise");
     let manifest: ImageManifest = serde_json::from_slice(&manifest_bytes).map_err(|e| {
-        member_err(path, "manifest.json", format!("cannot form a manifest: {e}"))
+        member_err(
+            path,
+            "manifest.json",
+            format!("cannot form a manifest: {e}"),
+        )
     })?;
     Ok(Selected {
         name,
@@ -585,10 +584,7 @@ fn ingest_archive(
     let wrong = |expected: &str| {
         whole(
             path,
-            format!(
-                "is an {} but was named as {expected}",
-                format.transport()
-            ),
+            format!("is an {} but was named as {expected}", format.transport()),
         )
     };
     let selected = match source {
@@ -627,9 +623,7 @@ fn ingest_archive(
     }
     let content_err = |what: &'static str, digest: &Digest| {
         let member = blob_member(digest);
-        move |e: cairn_content::ContentError| {
-            member_err(path, &member, format!("{what}: {e}"))
-        }
+        move |e: cairn_content::ContentError| member_err(path, &member, format!("{what}: {e}"))
     };
     store
         .content()
@@ -913,7 +907,9 @@ fn write_archive(
             }
         }
         Ok(meta) if format == ArchiveFormat::OciLayout || !meta.is_file() => {
-            return Err(export_err("destination exists and is not a directory".into()));
+            return Err(export_err(
+                "destination exists and is not a directory".into(),
+            ));
         }
         _ => {}
     }
@@ -952,9 +948,8 @@ fn write_archive(
         }
     };
     let content = store.content();
-    let content_err = |what: String| {
-        move |e: cairn_content::ContentError| export_err(format!("{what}: {e}"))
-    };
+    let content_err =
+        |what: String| move |e: cairn_content::ContentError| export_err(format!("{what}: {e}"));
     let manifest_bytes = content
         .read_blob(&image.digest)
         .map_err(content_err("manifest".into()))?;
@@ -965,7 +960,10 @@ fn write_archive(
         )));
     }
     let manifest: ImageManifest = serde_json::from_slice(&manifest_bytes).map_err(|e| {
-        export_err(format!("stored manifest {} is unreadable: {e}", image.digest))
+        export_err(format!(
+            "stored manifest {} is unreadable: {e}",
+            image.digest
+        ))
     })?;
     let config_bytes = content
         .read_blob(&image.config)
@@ -1128,12 +1126,18 @@ mod tests {
             default_name(Path::new("/x/__"), None),
             "localhost/image:latest"
         );
-        assert_eq!(default_name(p, Some("busybox:1")), "docker.io/library/busybox:1");
+        assert_eq!(
+            default_name(p, Some("busybox:1")),
+            "docker.io/library/busybox:1"
+        );
     }
 
     #[test]
     fn docker_tags_drop_the_default_registry() {
-        assert_eq!(docker_tag("docker.io/library/busybox:latest"), "busybox:latest");
+        assert_eq!(
+            docker_tag("docker.io/library/busybox:latest"),
+            "busybox:latest"
+        );
         assert_eq!(docker_tag("127.0.0.1:5117/a/b:c"), "127.0.0.1:5117/a/b:c");
     }
 

@@ -132,7 +132,10 @@ impl ArchiveReader {
 
     /// A reader of a member's bytes and their length. Links are followed inside the archive;
     /// anything that is not, in the end, a regular file inside it is an error naming the member.
-    pub(crate) fn open_member(&self, name: &str) -> Result<(Box<dyn Read + Send>, u64), ImagesError> {
+    pub(crate) fn open_member(
+        &self,
+        name: &str,
+    ) -> Result<(Box<dyn Read + Send>, u64), ImagesError> {
         let err = |message: String| member_err(&self.path, name, message);
         let Some(mut current) = normalize(name, "") else {
             return Err(err("escapes the archive".into()));
@@ -191,7 +194,10 @@ impl ArchiveReader {
                         // archive's root.
                         TarMember::Symlink(target) => (
                             target,
-                            current.rsplit_once('/').map_or("", |(dir, _)| dir).to_owned(),
+                            current
+                                .rsplit_once('/')
+                                .map_or("", |(dir, _)| dir)
+                                .to_owned(),
                         ),
                         TarMember::Hardlink(target) => (target, String::new()),
                     };
@@ -282,7 +288,10 @@ mod tests {
         assert_eq!(normalize("/etc/passwd", ""), None);
         assert_eq!(normalize("a/../b", ""), None);
         // Symlink targets are relative to the link's directory.
-        assert_eq!(normalize("../b/layer.tar", "a").as_deref(), Some("b/layer.tar"));
+        assert_eq!(
+            normalize("../b/layer.tar", "a").as_deref(),
+            Some("b/layer.tar")
+        );
         assert_eq!(normalize("../../x", "a"), None);
     }
 
@@ -333,13 +342,22 @@ mod tests {
             assert_eq!(bytes, b"layer bytes", "{name}");
         }
         let err = reader.read_small("a/layer.tar", 4).unwrap_err().to_string();
-        assert!(err.contains("a/layer.tar") && err.contains("more than"), "{err}");
+        assert!(
+            err.contains("a/layer.tar") && err.contains("more than"),
+            "{err}"
+        );
         for name in ["evil", "d/evil"] {
             let err = reader.open_member(name).err().unwrap().to_string();
-            assert!(err.contains(name) && err.contains("outside the archive"), "{err}");
+            assert!(
+                err.contains(name) && err.contains("outside the archive"),
+                "{err}"
+            );
         }
         let err = reader.open_member("missing").err().unwrap().to_string();
-        assert!(err.contains("missing") && err.contains("not in the archive"), "{err}");
+        assert!(
+            err.contains("missing") && err.contains("not in the archive"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -361,7 +379,11 @@ mod tests {
         std::os::unix::fs::symlink("/etc/passwd", dir.path().join("blobs/sha256/aa")).unwrap();
         let reader = ArchiveReader::open(dir.path()).unwrap();
         assert_eq!(reader.read_small("index.json", 10).unwrap(), b"{}");
-        let err = reader.open_member("blobs/sha256/aa").err().unwrap().to_string();
+        let err = reader
+            .open_member("blobs/sha256/aa")
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("symbolic link"), "{err}");
         let err = reader.open_member("../x").err().unwrap().to_string();
         assert!(err.contains("escapes"), "{err}");
