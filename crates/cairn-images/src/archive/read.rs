@@ -201,13 +201,19 @@ impl ArchiveReader {
                         ),
                         TarMember::Hardlink(target) => (target, String::new()),
                     };
+                    // Name the link itself only when it is not the member asked for.
+                    let via = if current == name.trim_start_matches("./") {
+                        String::new()
+                    } else {
+                        format!(" (through {current})")
+                    };
                     if target.starts_with('/') {
                         return Err(err(format!(
-                            "{current} links to the absolute path {target}, outside the archive"
+                            "links to the absolute path {target}, outside the archive{via}"
                         )));
                     }
                     current = normalize(target, &base).ok_or_else(|| {
-                        err(format!("{current} links to {target}, outside the archive"))
+                        err(format!("links to {target}, outside the archive{via}"))
                     })?;
                 }
                 Err(err(format!("more than {MAX_LINKS} links")))
