@@ -35,12 +35,25 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
-    /// Write an image's flattened root filesystem into a new directory.
+    /// Write an image's flattened root filesystem into a new directory, or the image itself
+    /// as an OCI layout, OCI archive or docker archive. DEST appears complete or not at all.
     Export {
+        /// What to write.
+        #[arg(long, value_enum, default_value_t = ExportFormat::Rootfs)]
+        format: ExportFormat,
         /// Image reference or manifest digest.
         reference: String,
-        /// Destination directory (must not exist, or be empty).
+        /// Destination: a directory (must not exist, or be empty) for rootfs and oci, a file
+        /// (replaced if it exists) for the archives.
         dest: PathBuf,
+    },
+    /// Import an image archive (OCI layout directory, OCI archive or docker archive; detected)
+    /// and print the manifest digest.
+    Import {
+        /// The archive.
+        archive: PathBuf,
+        /// The reference to record it as [default: the name the archive gives it].
+        reference: Option<String>,
     },
     /// Remove an image reference; its layers stay until garbage collection.
     Rmi {
@@ -71,6 +84,18 @@ enum Command {
         #[arg(required = true)]
         ids: Vec<String>,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ExportFormat {
+    /// The flattened root filesystem, as a directory.
+    Rootfs,
+    /// An OCI image layout directory.
+    Oci,
+    /// A tar of an OCI image layout (`podman load`, `skopeo oci-archive:`).
+    OciArchive,
+    /// A `docker save` tar (`docker load`, `podman load`).
+    DockerArchive,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -207,8 +232,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Export { reference, dest } => {
-            store.export(&reference, &dest).await?;
+        Command::Export {
+            format,
+            reference,
+            dest,
+        } => {
+            use cairn_images::ArchiveFormat;
+            let format = match format {
+                ExportFormat::Rootfs => {
+                    store.export(&reference, &dest).await?;
+                    return Ok(ExitCode::SUCCESS);
+                }
+                ExportFormat::Oci => ArchiveFormat::OciLayout,
+                ExportFormat::OciArchive => ArchiveFormat::OciArchive,
+                ExportFormat::DockerArchive => ArchiveFormat::DockerArchive,
+            };
+            store.export_archive(&reference, format, &dest).await?;
+        }
+        Command::Import { archive, reference } => {
+            let image = store.import(&archive, reference.as_deref(), &()).await?;
+            eprintln!("{}", image.reference);
+            println!("{}", image.digest);
         }
         Command::Rmi { reference } => {
             let image = store.remove_image(&reference)?;

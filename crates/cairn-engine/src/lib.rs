@@ -579,6 +579,16 @@ impl Container {
         c
     }
 
+    /// The image in an archive (an OCI layout directory, an OCI archive or a docker archive,
+    /// detected now) as the filesystem and configuration: `from("oci-archive:PATH")` and its
+    /// siblings. The archive is imported into the store when the container is first needed,
+    /// every blob checked against its digest.
+    pub fn import(&self, path: impl AsRef<Path>) -> Result<Container, EngineError> {
+        let path = std::path::absolute(path.as_ref()).unwrap_or_else(|_| path.as_ref().to_owned());
+        let format = cairn_images::ArchiveFormat::detect(&path)?;
+        Ok(self.from(format!("{}:{}", format.transport(), path.display())))
+    }
+
     /// Runs `args` in the container; later calls see its filesystem changes.
     pub fn with_exec<S: Into<String>>(&self, args: impl IntoIterator<Item = S>) -> Container {
         let mut spec = self.spec.clone();

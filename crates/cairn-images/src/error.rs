@@ -79,6 +79,24 @@ pub enum ImagesError {
         /// What went wrong.
         message: String,
     },
+    /// An image archive is unusable as a whole (not a tar, no index, wrong format).
+    #[error("archive {archive}: {message}")]
+    ArchiveInvalid {
+        /// The archive file or directory.
+        archive: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A member of an image archive is missing, hostile or not what it claims to be.
+    #[error("archive {archive}: member {member}: {message}")]
+    ArchiveMember {
+        /// The archive file or directory.
+        archive: PathBuf,
+        /// The member's name in the archive.
+        member: String,
+        /// What is wrong.
+        message: String,
+    },
     /// The user-namespace helper could not be started or stopped answering.
     #[error(transparent)]
     Runtime(#[from] cairn_runtime::RuntimeError),
@@ -142,6 +160,13 @@ impl ImagesError {
                 _ => ErrorKind::Other,
             },
             ImagesError::DiffIdMismatch { .. } | ImagesError::Layer { .. } => ErrorKind::Corrupt,
+            ImagesError::ArchiveInvalid { .. } => ErrorKind::InvalidInput,
+            ImagesError::ArchiveMember { message, .. }
+                if message.contains("not in the archive") =>
+            {
+                ErrorKind::NotFound
+            }
+            ImagesError::ArchiveMember { .. } => ErrorKind::Corrupt,
             ImagesError::InvalidConfig { .. } | ImagesError::InvalidManifest { .. } => {
                 ErrorKind::Corrupt
             }

@@ -1,5 +1,6 @@
 //! cairn's image service: pull images from OCI registries into a local store, list them,
-//! remove them and export their root filesystems.
+//! remove them, export their root filesystems, and export and import image archives (OCI
+//! layouts, OCI archives, docker archives).
 //!
 //! A store is one directory:
 //!
@@ -34,11 +35,13 @@
 
 #![deny(missing_docs)]
 
+mod archive;
 mod error;
 mod pull;
 mod store;
 pub mod worker;
 
+pub use archive::ArchiveFormat;
 pub use error::{ErrorKind, ImagesError};
 pub use pull::PullProgress;
 pub use store::{default_root, ImageRecord, Store, StoreOptions, LEASE_LABEL};

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use cairn_content::BlobWriter;
-use cairn_oci::{chain_ids, Digest, ImageReference, LayerCompression};
+use cairn_oci::{chain_ids, Digest, ImageReference, ImageSource, LayerCompression};
 use cairn_registry::BlobSink;
 use cairn_snapshot::{Kind, Snapshotter};
 use nix::fcntl::{Flock, FlockArg};
-use oci_spec::image::ImageConfiguration;
+use oci_spec::image::{ImageConfiguration, ImageManifest};
 use tokio::sync::Semaphore;
 use tracing::{debug, info_span, warn, Instrument};
 
@@ -60,6 +60,86 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
+/// Device nodes a rootless unpack had to leave out, across an image's layers.
+#[derive(Default)]
+pub(crate) struct SkippedDevices {
+    count: usize,
+    first: Option<std::path::PathBuf>,
+}
+
+/// What the manifest and config of an image say about its layers, checked against each
+/// other: shared by pull and import so both refuse the same malformed images.
+pub(crate) struct ImageParts {
+    pub(crate) config_digest: Digest,
+    pub(crate) config_size: u64,
+    /// Layer blobs in order: digest, compressed size, compression.
+    pub(crate) layers: Vec<(Digest, u64, LayerCompression)>,
+    pub(crate) diff_ids: Vec<Digest>,
+    pub(crate) chains: Vec<Digest>,
+}
+
+impl ImageParts {
+    pub(crate) fn parse(
+        name: &str,
+        manifest_digest: &Digest,
+        manifest: &ImageManifest,
+        config_bytes: &[u8],
+    ) -> Result<ImageParts, ImagesError> {
+        let config_desc = manifest.config();
+        let config_digest: Digest =
+            config_desc
+                .digest()
+                .to_string()
+                .parse()
+                .map_err(|e| ImagesError::InvalidManifest {
+                    image: name.to_owned(),
+                    digest: manifest_digest.clone(),
+                    reason: format!("invalid config digest: {e}"),
+                })?;
+        let invalid_config = |reason: String| ImagesError::InvalidConfig {
+            image: name.to_owned(),
+            config: config_digest.clone(),
+            reason,
+        };
+        let config: ImageConfiguration = serde_json::from_slice(config_bytes)
+            .map_err(|e| invalid_config(format!("not an image config: {e}")))?;
+        let diff_ids: Vec<Digest> = config
+            .rootfs()
+            .diff_ids()
+            .iter()
+            .map(|d| {
+                d.parse()
+                    .map_err(|e| invalid_config(format!("bad diff id {d:?}: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+
+        let mut layers = Vec::new();
+        for desc in manifest.layers() {
+            let digest: Digest = desc.digest().to_string().parse().map_err(|e| {
+                invalid_config(format!("manifest names an invalid layer digest: {e}"))
+            })?;
+            let compression = LayerCompression::from_media_type(desc.media_type().as_ref())
+                .map_err(|e| invalid_config(format!("layer {digest}: {e}")))?;
+            layers.push((digest, desc.size(), compression));
+        }
+        if diff_ids.len() != layers.len() {
+            return Err(invalid_config(format!(
+                "{} diff ids for {} layers",
+                diff_ids.len(),
+                layers.len()
+            )));
+        }
+        let chains = chain_ids(&diff_ids);
+        Ok(ImageParts {
+            config_digest,
+            config_size: config_bytes.len() as u64,
+            layers,
+            diff_ids,
+            chains,
+        })
+    }
+}
+
 fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -68,13 +148,18 @@ fn now() -> i64 {
 
 impl Store {
     /// Pulls an image into the store and records it under its reference. Layers already in the
-    /// store are neither downloaded nor unpacked again.
+    /// store are neither downloaded nor unpacked again. An archive source (`oci:DIR[:TAG]`,
+    /// `oci-archive:FILE[:TAG]`, `docker-archive:FILE[:REF]`) is imported instead, under the
+    /// name the archive gives the image (see [`Store::import_source`]).
     pub async fn pull(
         &self,
         reference: &str,
         progress: &dyn PullProgress,
     ) -> Result<ImageRecord, ImagesError> {
-        let reference: ImageReference = reference.parse()?;
+        let reference = match reference.parse::<ImageSource>()? {
+            ImageSource::Registry(r) => r,
+            archive => return self.import_source(&archive, None, progress).await,
+        };
         let span = info_span!("pull", reference = %reference);
         self.pull_inner(reference, progress).instrument(span).await
     }
@@ -106,56 +191,16 @@ impl Store {
             "manifest",
         )?;
 
-        // The config: small, fetched into memory, kept as a blob.
-        let manifest = &resolved.manifest;
-        let config_desc = manifest.config();
-        let config_digest: Digest =
-            config_desc
-                .digest()
-                .to_string()
-                .parse()
-                .map_err(|e| ImagesError::InvalidManifest {
-                    image: name.clone(),
-                    digest: resolved.manifest_digest.clone(),
-                    reason: format!("invalid config digest: {e}"),
-                })?;
         // The registry client fetched and verified the config while checking its platform.
         let config_bytes = resolved.config_bytes.to_vec();
-        store_blob(&config_digest, &config_bytes, "config")?;
-        let invalid_config = |reason: String| ImagesError::InvalidConfig {
-            image: name.clone(),
-            config: config_digest.clone(),
-            reason,
-        };
-        let config: ImageConfiguration = serde_json::from_slice(&config_bytes)
-            .map_err(|e| invalid_config(format!("not an image config: {e}")))?;
-        let diff_ids: Vec<Digest> = config
-            .rootfs()
-            .diff_ids()
-            .iter()
-            .map(|d| {
-                d.parse()
-                    .map_err(|e| invalid_config(format!("bad diff id {d:?}: {e}")))
-            })
-            .collect::<Result<_, _>>()?;
-
-        let mut layers = Vec::new();
-        for desc in manifest.layers() {
-            let digest: Digest = desc.digest().to_string().parse().map_err(|e| {
-                invalid_config(format!("manifest names an invalid layer digest: {e}"))
-            })?;
-            let compression = LayerCompression::from_media_type(desc.media_type().as_ref())
-                .map_err(|e| invalid_config(format!("layer {digest}: {e}")))?;
-            layers.push((digest, desc.size(), compression));
-        }
-        if diff_ids.len() != layers.len() {
-            return Err(invalid_config(format!(
-                "{} diff ids for {} layers",
-                diff_ids.len(),
-                layers.len()
-            )));
-        }
-        let chains = chain_ids(&diff_ids);
+        let parts = ImageParts::parse(
+            &name,
+            &resolved.manifest_digest,
+            &resolved.manifest,
+            &config_bytes,
+        )?;
+        store_blob(&parts.config_digest, &config_bytes, "config")?;
+        let layers = &parts.layers;
         let sizes: Vec<(Digest, u64)> = layers.iter().map(|(d, s, _)| (d.clone(), *s)).collect();
         progress.resolved(&name, &resolved.manifest_digest, &sizes);
 
@@ -183,9 +228,8 @@ impl Store {
             downloads.push(Some((AbortOnDrop(task), rx)));
         }
 
-        let mut skipped_devices = 0usize;
-        let mut first_skipped = None;
-        for (i, (digest, _size, compression)) in layers.iter().enumerate() {
+        let mut skipped = SkippedDevices::default();
+        for (i, (digest, _size, _)) in layers.iter().enumerate() {
             if let Some((task, mut rx)) = downloads[i].take() {
                 let total = layers[i].1;
                 // Forward progress while this layer arrives; later ones keep downloading.
@@ -202,52 +246,87 @@ impl Store {
                     }
                 }
             }
-            let parent = i.checked_sub(1).map(|p| chains[p].clone());
-            progress.unpacking(digest);
-            let store = self.clone();
-            let (chain, diff_id, digest_c, compression, image) = (
-                chains[i].clone(),
-                diff_ids[i].clone(),
-                digest.clone(),
-                *compression,
-                name.clone(),
-            );
-            let skipped = tokio::task::spawn_blocking(move || {
-                store.unpack(
-                    &image,
-                    &digest_c,
-                    compression,
-                    &chain,
-                    parent.as_ref(),
-                    &diff_id,
-                )
-            })
-            .await
-            .map_err(|e| ImagesError::Helper(format!("unpack task failed: {e}")))??;
-            if let Some(first) = skipped.first() {
-                first_skipped.get_or_insert_with(|| first.clone());
-                skipped_devices += skipped.len();
-            }
-            progress.unpacked(digest);
+            self.unpack_layer_of(&name, &parts, i, progress, &mut skipped)
+                .await?;
         }
-        if skipped_devices > 0 {
+        self.finish_image(
+            name,
+            resolved.manifest_digest.clone(),
+            resolved.manifest_media_type.clone(),
+            resolved.manifest_bytes.len() as u64,
+            parts,
+            skipped,
+        )
+    }
+
+    /// Unpacks layer `i` of an image whose blobs are in the content store (the step that pull
+    /// and import share), on a blocking thread.
+    pub(crate) async fn unpack_layer_of(
+        &self,
+        name: &str,
+        parts: &ImageParts,
+        i: usize,
+        progress: &dyn PullProgress,
+        skipped: &mut SkippedDevices,
+    ) -> Result<(), ImagesError> {
+        let (digest, _, compression) = &parts.layers[i];
+        let parent = i.checked_sub(1).map(|p| parts.chains[p].clone());
+        progress.unpacking(digest);
+        let store = self.clone();
+        let (chain, diff_id, digest_c, compression, image) = (
+            parts.chains[i].clone(),
+            parts.diff_ids[i].clone(),
+            digest.clone(),
+            *compression,
+            name.to_owned(),
+        );
+        let devices = tokio::task::spawn_blocking(move || {
+            store.unpack(
+                &image,
+                &digest_c,
+                compression,
+                &chain,
+                parent.as_ref(),
+                &diff_id,
+            )
+        })
+        .await
+        .map_err(|e| ImagesError::Helper(format!("unpack task failed: {e}")))??;
+        if let Some(first) = devices.first() {
+            skipped.first.get_or_insert_with(|| first.clone());
+            skipped.count += devices.len();
+        }
+        progress.unpacked(digest);
+        Ok(())
+    }
+
+    /// Records an image whose layers are all unpacked: the last step of pull and import, so
+    /// an image is listed only once everything it needs is in the store.
+    pub(crate) fn finish_image(
+        &self,
+        name: String,
+        manifest_digest: Digest,
+        media_type: String,
+        manifest_size: u64,
+        parts: ImageParts,
+        skipped: SkippedDevices,
+    ) -> Result<ImageRecord, ImagesError> {
+        if skipped.count > 0 {
             warn!(
                 image = %name,
-                count = skipped_devices,
-                first = %first_skipped.unwrap_or_default().display(),
+                count = skipped.count,
+                first = %skipped.first.unwrap_or_default().display(),
                 "device nodes cannot be created without root and were left out"
             );
         }
-
-        let size = resolved.manifest_bytes.len() as u64
-            + config_bytes.len() as u64
-            + layers.iter().map(|(_, s, _)| s).sum::<u64>();
+        let size =
+            manifest_size + parts.config_size + parts.layers.iter().map(|(_, s, _)| s).sum::<u64>();
         let record = ImageRecord {
             reference: name,
-            digest: resolved.manifest_digest.clone(),
-            media_type: resolved.manifest_media_type.clone(),
-            config: config_digest,
-            top_snapshot: chains.last().cloned(),
+            digest: manifest_digest,
+            media_type,
+            config: parts.config_digest,
+            top_snapshot: parts.chains.last().cloned(),
             size,
             created: now(),
         };

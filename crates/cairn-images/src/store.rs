@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use cairn_content::ContentStore;
-use cairn_oci::{Digest, ImageReference};
+use cairn_oci::{Digest, ImageSource};
 use cairn_registry::{RegistryClient, RegistryConfig};
 use cairn_runtime::IdMapping;
 use cairn_snapshot::{Kind, OverlayConfig, OverlaySnapshotter, Snapshotter};
@@ -469,7 +469,8 @@ impl Store {
     }
 
     /// The image a user names: a reference (normalised as Docker does, `busybox` is
-    /// `docker.io/library/busybox:latest`) or a manifest digest.
+    /// `docker.io/library/busybox:latest`), a manifest digest, or an archive source
+    /// (`oci:DIR[:TAG]`, `oci-archive:FILE[:TAG]`) whose manifest has been imported before.
     pub fn image(&self, name: &str) -> Result<ImageRecord, ImagesError> {
         let db = self.db();
         let query =
@@ -481,7 +482,13 @@ impl Store {
                 Self::map_image,
             )
         } else {
-            let reference: ImageReference = name.parse()?;
+            let reference = match name.parse::<ImageSource>()? {
+                ImageSource::Registry(r) => r,
+                archive => {
+                    drop(db);
+                    return self.archive_image(&archive);
+                }
+            };
             db.query_row(
                 &format!("{query} WHERE reference = ?1"),
                 [reference.to_string()],

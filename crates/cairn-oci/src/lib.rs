@@ -10,11 +10,13 @@ mod digest;
 mod media;
 mod platform;
 mod reference;
+mod source;
 
 pub use digest::{chain_ids, Digest, DigestError, Sha256Writer};
 pub use media::{LayerCompression, ManifestKind, MediaTypeError};
 pub use platform::Platform;
 pub use reference::{registry_is_loopback, ImageReference, ReferenceError};
+pub use source::{valid_ref_name, ImageSource};
 
 /// Manifest media types.
 pub mod media_types {
