@@ -222,7 +222,11 @@ fn file_errors_name_the_path_and_step(who: Who) {
             .container()
             .from(busybox())
             .with_name("my-step")
-            .with_exec(["sh", "-c", "mkdir -p /made && ln -s /nowhere /made/dangling"]);
+            .with_exec([
+                "sh",
+                "-c",
+                "mkdir -p /made && ln -s /nowhere /made/dangling",
+            ]);
         rt.block_on(async {
             let err = c.file("/no/such/file").contents().await.unwrap_err();
             let text = error_chain(&err);
@@ -245,7 +249,11 @@ fn file_errors_name_the_path_and_step(who: Who) {
                 .container()
                 .from(busybox())
                 .with_file("/x", &c.file("/missing.txt"));
-            let err = copy.sync().await.err().expect("a missing source file fails");
+            let err = copy
+                .sync()
+                .await
+                .err()
+                .expect("a missing source file fails");
             let text = error_chain(&err);
             assert!(text.contains("/missing.txt"), "{text}");
             let host = scratch.path.join("h");
@@ -303,12 +311,13 @@ fn mounted_directories_files_and_tmpfs(who: Who) {
             assert_eq!(later.stdout().await.unwrap(), "a\na.txt\n0\n");
 
             // A container's directory mounted elsewhere: its snapshot does not change.
-            let producer =
-                base.with_exec(["sh", "-c", "mkdir /data && echo orig > /data/f"]);
+            let producer = base.with_exec(["sh", "-c", "mkdir /data && echo orig > /data/f"]);
             let data = producer.directory("/data");
-            let user = base
-                .with_mounted_directory("/m", &data)
-                .with_exec(["sh", "-c", "cat /m/f; echo mod > /m/f; cat /m/f"]);
+            let user = base.with_mounted_directory("/m", &data).with_exec([
+                "sh",
+                "-c",
+                "cat /m/f; echo mod > /m/f; cat /m/f",
+            ]);
             assert_eq!(user.stdout().await.unwrap(), "orig\nmod\n");
             assert_eq!(data.file("f").contents().await.unwrap(), "orig\n");
             assert_eq!(
@@ -364,7 +373,11 @@ fn directory_entries_subdirectories_and_rootfs(who: Who) {
             assert_eq!(sub.entries().await.unwrap(), ["c.txt", "deep"]);
             assert_eq!(sub.file("c.txt").contents().await.unwrap(), "c\n");
             assert_eq!(
-                sub.directory("deep").file("d.txt").contents().await.unwrap(),
+                sub.directory("deep")
+                    .file("d.txt")
+                    .contents()
+                    .await
+                    .unwrap(),
                 "d\n"
             );
             let exported = scratch.path.join("deep-out");
@@ -390,10 +403,18 @@ fn directory_entries_subdirectories_and_rootfs(who: Who) {
                 fixture
             );
             assert_eq!(
-                rootfs.directory("etc").file("passwd").contents().await.unwrap()[..5],
+                rootfs
+                    .directory("etc")
+                    .file("passwd")
+                    .contents()
+                    .await
+                    .unwrap()[..5],
                 *"root:"
             );
-            assert_eq!(c.directory("/out").entries().await.unwrap(), ["a", "m.txt", "z"]);
+            assert_eq!(
+                c.directory("/out").entries().await.unwrap(),
+                ["a", "m.txt", "z"]
+            );
             // Symlinks are followed inside the container: /link is /out, /bin/sh busybox.
             assert_eq!(
                 c.directory("/link").entries().await.unwrap(),
@@ -412,11 +433,8 @@ fn directory_entries_subdirectories_and_rootfs(who: Who) {
 
 fn debian_os_release_through_its_symlink(who: Who) {
     as_identity(who, || {
-        let scratch = Scratch::new("os-release");
         let (_store, engine, rt) = short_engine();
-        let debian = engine
-            .container()
-            .from(fixtures().image("debian:bookworm"));
+        let debian = engine.container().from(fixtures().image("debian:bookworm"));
         rt.block_on(async {
             // /etc/os-release is a relative symlink to ../usr/lib/os-release.
             let text = debian
@@ -471,6 +489,9 @@ fn build_and_test_example_runs(who: Who) {
             fs::read_to_string(out_dir.join("files.txt")).unwrap(),
             "Makefile\nsrc/main.c\n"
         );
-        assert_eq!(fs::read_to_string(out_dir.join("count.txt")).unwrap(), "2\n");
+        assert_eq!(
+            fs::read_to_string(out_dir.join("count.txt")).unwrap(),
+            "2\n"
+        );
     }
 }

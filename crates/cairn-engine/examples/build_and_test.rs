@@ -79,7 +79,9 @@ fn main() -> ExitCode {
         .next()
         .or_else(|| std::env::var("CAIRN_EXAMPLE_IMAGE").ok())
     else {
-        eprintln!("usage: build_and_test IMAGE [PROJECT_DIR] [OUT_DIR] (or set CAIRN_EXAMPLE_IMAGE)");
+        eprintln!(
+            "usage: build_and_test IMAGE [PROJECT_DIR] [OUT_DIR] (or set CAIRN_EXAMPLE_IMAGE)"
+        );
         return ExitCode::from(2);
     };
     let project = PathBuf::from(args.next().unwrap_or_else(|| ".".into()));

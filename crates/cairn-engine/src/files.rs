@@ -272,13 +272,15 @@ impl EngineInner {
             } => {
                 let rel = clean_rel(&format!("{}/{}", sub.display(), source.path));
                 let shown = root.join(&rel).display().to_string();
-                let resolved = resolve_in_root(root, &rel).map_err(|r| resolve_err(shown.clone(), r))?;
+                let resolved =
+                    resolve_in_root(root, &rel).map_err(|r| resolve_err(shown.clone(), r))?;
                 // The filter sees the file where it really is in the tree.
                 let real = resolved.strip_prefix(root).unwrap_or(&resolved).to_owned();
                 let filter = Filter::new(root, include, exclude)?;
-                let hidden = real.ancestors().any(|a| {
-                    !a.as_os_str().is_empty() && filter.excluded(a)
-                }) || !filter.included(&real);
+                let hidden = real
+                    .ancestors()
+                    .any(|a| !a.as_os_str().is_empty() && filter.excluded(a))
+                    || !filter.included(&real);
                 if hidden {
                     return Err(not_found(shown));
                 }
@@ -327,7 +329,12 @@ impl EngineInner {
                 sub,
             } => {
                 let filter = Filter::new(path, include, exclude)?.within(sub);
-                (path.join(sub), Some(filter), path.join(sub).display().to_string(), None)
+                (
+                    path.join(sub),
+                    Some(filter),
+                    path.join(sub).display().to_string(),
+                    None,
+                )
             }
             DirSource::Snapshot { snapshot, path } => {
                 let flattened = self.flatten(snapshot.as_deref(), path).await?;
@@ -508,8 +515,8 @@ impl Op<Output> for SubdirOp {
                 } => {
                     let rel = clean_rel(&format!("{}/{}", sub.display(), self.path));
                     let step = ctx.vertex().name().to_owned();
-                    let sub = host_subdir(&step, &path, &include, &exclude, &rel)
-                        .map_err(op_err)?;
+                    let sub =
+                        host_subdir(&step, &path, &include, &exclude, &rel).map_err(op_err)?;
                     DirSource::Host {
                         path,
                         include,
@@ -653,7 +660,10 @@ impl Op<Output> for CopyFileOp {
     fn describe(&self) -> CacheDescription {
         let mut d = CacheDescription::new("copy-file")
             .field("path", &self.path)
-            .field("mode", self.mode.map(|m| format!("{m:o}")).unwrap_or_default())
+            .field(
+                "mode",
+                self.mode.map(|m| format!("{m:o}")).unwrap_or_default(),
+            )
             .field("base", if self.has_base { "1" } else { "0" });
         if !self.path.starts_with('/') {
             d.set("workdir", self.workdir.as_deref().unwrap_or(""));
@@ -847,6 +857,8 @@ mod tests {
             resolve_in_root(root, "/missing/x").unwrap(),
             root.join("missing/x")
         );
-        assert!(resolve_in_root(root, "/loop1").unwrap_err().contains("symbolic links"));
+        assert!(resolve_in_root(root, "/loop1")
+            .unwrap_err()
+            .contains("symbolic links"));
     }
 }

@@ -333,7 +333,11 @@ impl Directory {
         Directory {
             engine: self.engine.clone(),
             label: self.label.clone(),
-            vertex: Vertex::new(Arc::new(op), vec![self.vertex.edge()], VertexOptions::new(name)),
+            vertex: Vertex::new(
+                Arc::new(op),
+                vec![self.vertex.edge()],
+                VertexOptions::new(name),
+            ),
             host: None,
         }
     }
@@ -349,7 +353,11 @@ impl Directory {
         let name = (self.label.clone()).unwrap_or_else(|| format!("{} {path}", self.step()));
         File {
             engine: self.engine.clone(),
-            vertex: Vertex::new(Arc::new(op), vec![self.vertex.edge()], VertexOptions::new(name)),
+            vertex: Vertex::new(
+                Arc::new(op),
+                vec![self.vertex.edge()],
+                VertexOptions::new(name),
+            ),
         }
     }
 
@@ -417,7 +425,11 @@ impl File {
     pub async fn contents(&self) -> Result<String, EngineError> {
         let local = self.local().await?;
         String::from_utf8(local.read()?).map_err(|_| EngineError::Invalid {
-            what: format!("step {:?}: {}", self.vertex.id().name(), local.path.display()),
+            what: format!(
+                "step {:?}: {}",
+                self.vertex.id().name(),
+                local.path.display()
+            ),
             reason: "the file is not UTF-8 text; read it with contents_bytes".into(),
         })
     }
@@ -590,8 +602,17 @@ impl Container {
             spec,
         };
         // The container, then the mounted directories and files (their keys are the exec's).
-        let mounted = self.spec.mounts.iter().filter_map(|(_, m)| m.edge().cloned());
-        let inputs = self.vertex.iter().map(Vertex::edge).chain(mounted).collect();
+        let mounted = self
+            .spec
+            .mounts
+            .iter()
+            .filter_map(|(_, m)| m.edge().cloned());
+        let inputs = self
+            .vertex
+            .iter()
+            .map(Vertex::edge)
+            .chain(mounted)
+            .collect();
         let mut c = self.clone();
         let options = VertexOptions::new(name).ignore_cache(self.engine.ignore_cache);
         c.vertex = Some(Vertex::new(Arc::new(op), inputs, options));
@@ -691,7 +712,11 @@ impl Container {
     /// Writes a file of content `contents` (mode 0644) at `path` (relative paths are in the
     /// working directory), as a new snapshot. The key holds the content's digest: another
     /// content gives another key, and so reruns later execs.
-    pub fn with_new_file(&self, path: impl Into<String>, contents: impl Into<Vec<u8>>) -> Container {
+    pub fn with_new_file(
+        &self,
+        path: impl Into<String>,
+        contents: impl Into<Vec<u8>>,
+    ) -> Container {
         self.with_new_file_permissions(path, contents, 0o644)
     }
 
@@ -762,7 +787,11 @@ impl Container {
     /// filesystem: each exec sees a fresh read-write copy, so what it writes there changes
     /// neither the directory's source nor the exec's committed result. The directory's key
     /// is part of each later exec's key.
-    pub fn with_mounted_directory(&self, path: impl Into<String>, directory: &Directory) -> Container {
+    pub fn with_mounted_directory(
+        &self,
+        path: impl Into<String>,
+        directory: &Directory,
+    ) -> Container {
         self.with_mount(path.into(), Mounted::Directory(directory.vertex.edge()))
     }
 
