@@ -3,9 +3,15 @@
 //! [`Container::sync`] or [`Directory::export`] solves the DAG they describe.
 //!
 //! Each call that changes a container's filesystem is one solver vertex: `from` (pulls the
-//! image when missing; its manifest digest is the vertex's content digest), `with_directory`
-//! (a new committed snapshot with the directory copied in) and `with_exec` (the command run on
-//! the container's snapshot, its writable layer committed as `exec-<cache key hex>`). The
+//! image when missing; its manifest digest is the vertex's content digest), `with_directory`,
+//! `with_file` and `with_new_file` (a new committed snapshot with the directory or file copied
+//! in; a new file's key holds its content's digest) and `with_exec` (the command run on the
+//! container's snapshot, its writable layer committed as `exec-<cache key hex>`). Directories
+//! and [`File`]s taken out of containers or host directories are vertices too, read only
+//! when awaited. `with_mounted_directory`, `with_mounted_file` and `with_mounted_temp` mount
+//! into later execs rather than copy: each exec gets a fresh copy (or tmpfs), so its writes
+//! there reach neither the source nor its committed result; a mounted input's key is part of
+//! the exec's. The
 //! environment, working directory, user, network, cache volumes and secrets are container
 //! state that enters the key of each later `with_exec`: by value, except cache volumes and
 //! secrets, which are keyed by their *names* only. A secret's value is never in a key, a
@@ -30,6 +36,19 @@
 //!     .with_exec(["sh", "-c", "ls > /out.txt"]);
 //! println!("{}", build.stdout().await?);
 //! build.directory("/src").export("dist").await?;
+//! // Files: read, exported, copied into another container, or mounted for one step.
+//! let listing = build.file("/out.txt");
+//! println!("{} bytes: {}", listing.size().await?, listing.contents().await?);
+//! let test = engine
+//!     .container()
+//!     .from("127.0.0.1:5117/fixtures/busybox:latest")
+//!     .with_new_file_permissions("/usr/bin/check", "#!/bin/sh\ntest -s /in/out.txt\n", 0o755)
+//!     .with_file("/in/out.txt", &listing)
+//!     .with_mounted_directory("/src", &src)
+//!     .with_mounted_temp("/tmp")
+//!     .with_exec(["check"]);
+//! test.sync().await?;
+//! println!("{:?}", build.rootfs().entries().await?);
 //! # Ok(()) }
 //! ```
 
