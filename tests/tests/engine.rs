@@ -444,6 +444,15 @@ fn debian_os_release_through_its_symlink(who: Who) {
                 .await
                 .unwrap();
             assert!(text.contains("VERSION_CODENAME=bookworm"), "{text}");
+            // /bin is a symlink to usr/bin: a new file there goes to /usr/bin and /bin keeps
+            // the image's files.
+            let tool = debian
+                .with_new_file_permissions("/bin/cairn-tool", "#!/bin/sh\necho tool\n", 0o755)
+                .with_exec(["sh", "-c", "cairn-tool; ls /bin/ls /usr/bin/cairn-tool"]);
+            assert_eq!(
+                tool.stdout().await.unwrap(),
+                "tool\n/bin/ls\n/usr/bin/cairn-tool\n"
+            );
         });
     });
 }

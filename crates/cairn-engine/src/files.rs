@@ -134,6 +134,59 @@ pub(crate) fn resolve_in_root(root: &Path, path: &str) -> Result<PathBuf, String
         .collect())
 }
 
+/// Where to write `path` (absolute) into a new layer over `lowers` (the layers below,
+/// topmost first) so that the container sees it at `path`: symlinks among its directories
+/// (and the last component too with `follow_last`) are resolved in the merged view of the
+/// layers, as the container would resolve them. Without this, writing `/bin/tool` over an
+/// image whose `/bin` is a symlink to `usr/bin` would put a real `/bin` directory in the new
+/// layer, hiding every file of the image's `/bin`. A component that cannot be read (a
+/// directory of another user in a rootless store) is taken as it is.
+pub(crate) fn resolve_in_layers(lowers: &[PathBuf], path: &str, follow_last: bool) -> String {
+    let clean = clean_path("/", path);
+    let mut parts: Vec<String> = clean
+        .split('/')
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let last = if follow_last { None } else { parts.pop() };
+    let mut pending: Vec<String> = parts.into_iter().rev().collect();
+    let mut resolved: Vec<String> = Vec::new();
+    let mut links = 0;
+    while let Some(part) = pending.pop() {
+        if part == ".." {
+            resolved.pop();
+            continue;
+        }
+        if part.is_empty() || part == "." {
+            continue;
+        }
+        let rel: PathBuf = resolved.iter().chain(std::iter::once(&part)).collect();
+        let topmost = lowers
+            .iter()
+            .map(|l| l.join(&rel))
+            .find_map(|p| fs::symlink_metadata(&p).ok().map(|m| (p, m)));
+        let target = match topmost {
+            Some((p, m)) if m.file_type().is_symlink() && links < MAX_SYMLINKS => {
+                fs::read_link(p).ok()
+            }
+            _ => None,
+        };
+        match target {
+            Some(target) => {
+                links += 1;
+                let target = target.to_string_lossy().into_owned();
+                if target.starts_with('/') {
+                    resolved.clear();
+                }
+                pending.extend(target.split('/').rev().map(str::to_owned));
+            }
+            None => resolved.push(part),
+        }
+    }
+    resolved.extend(last);
+    format!("/{}", resolved.join("/"))
+}
+
 fn type_name(m: &fs::Metadata) -> &'static str {
     let t = m.file_type();
     if t.is_dir() {
@@ -391,7 +444,7 @@ impl EngineInner {
         ctx: &ExecContext,
         kind: &str,
         base: Option<&str>,
-        fill: impl FnOnce(PathBuf) -> Result<(), EngineError> + Send + 'static,
+        fill: impl FnOnce(PathBuf, Vec<PathBuf>) -> Result<(), EngineError> + Send + 'static,
     ) -> Result<String, EngineError> {
         let key = ctx
             .cache_key()
@@ -410,7 +463,11 @@ impl EngineInner {
                     what: active.clone(),
                     reason: "prepared snapshot has no writable directory".into(),
                 })?;
-            blocking("write layer", move || fill(upper)).await?;
+            let lowers = mounts
+                .first()
+                .map(cairn_snapshot::Mount::lower_dirs)
+                .unwrap_or_default();
+            blocking("write layer", move || fill(upper, lowers)).await?;
             match snapshots.commit(&name, &active, &BTreeMap::new()) {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == cairn_snapshot::ErrorKind::AlreadyExists => {
@@ -612,9 +669,15 @@ impl Op<Output> for NewFileOp {
             let (contents, mode) = (self.contents.clone(), self.mode);
             let snapshot = self
                 .engine
-                .commit_layer(ctx, "newfile", base.snapshot.as_deref(), move |upper| {
-                    write_new_file(&upper.join(dest.trim_start_matches('/')), &contents, mode)
-                })
+                .commit_layer(
+                    ctx,
+                    "newfile",
+                    base.snapshot.as_deref(),
+                    move |upper, lowers| {
+                        let dest = resolve_in_layers(&lowers, &dest, false);
+                        write_new_file(&upper.join(dest.trim_start_matches('/')), &contents, mode)
+                    },
+                )
                 .await
                 .map_err(op_err)?;
             Ok(vec![Output {
@@ -693,9 +756,15 @@ impl Op<Output> for CopyFileOp {
             let mode = self.mode;
             let snapshot = self
                 .engine
-                .commit_layer(ctx, "file", base.snapshot.as_deref(), move |upper| {
-                    file.copy_to(&upper.join(dest.trim_start_matches('/')), mode)
-                })
+                .commit_layer(
+                    ctx,
+                    "file",
+                    base.snapshot.as_deref(),
+                    move |upper, lowers| {
+                        let dest = resolve_in_layers(&lowers, &dest, false);
+                        file.copy_to(&upper.join(dest.trim_start_matches('/')), mode)
+                    },
+                )
                 .await
                 .map_err(op_err)?;
             Ok(vec![Output {
@@ -860,5 +929,26 @@ mod tests {
         assert!(resolve_in_root(root, "/loop1")
             .unwrap_err()
             .contains("symbolic links"));
+    }
+
+    #[test]
+    fn destinations_follow_symlinks_of_the_layers_below() {
+        let t = tempfile::tempdir().unwrap();
+        let (bottom, top) = (t.path().join("bottom"), t.path().join("top"));
+        fs::create_dir_all(bottom.join("usr/bin")).unwrap();
+        fs::create_dir_all(top.join("opt")).unwrap();
+        std::os::unix::fs::symlink("usr/bin", bottom.join("bin")).unwrap();
+        // The upper layer's link wins over the lower one's directory.
+        fs::create_dir_all(bottom.join("data")).unwrap();
+        std::os::unix::fs::symlink("/opt", top.join("data")).unwrap();
+        let lowers = [top.clone(), bottom.clone()];
+        assert_eq!(
+            resolve_in_layers(&lowers, "/bin/tool", false),
+            "/usr/bin/tool"
+        );
+        assert_eq!(resolve_in_layers(&lowers, "/data/x/y", false), "/opt/x/y");
+        assert_eq!(resolve_in_layers(&lowers, "/bin", false), "/bin");
+        assert_eq!(resolve_in_layers(&lowers, "/bin", true), "/usr/bin");
+        assert_eq!(resolve_in_layers(&[], "/a/../b/c", false), "/b/c");
     }
 }
