@@ -849,7 +849,9 @@ impl Container {
         self.directory("/")
     }
 
-    /// The directory `path` of the container's filesystem.
+    /// The directory `path` of the container's filesystem (symlinks are followed inside the
+    /// container). Mounts are not part of the filesystem: under a mount point it is what the
+    /// snapshot holds there.
     pub fn directory(&self, path: impl Into<String>) -> Directory {
         let path = path.into();
         let op = ContainerDirOp { path: path.clone() };
