@@ -187,6 +187,132 @@ pub(crate) fn resolve_in_layers(lowers: &[PathBuf], path: &str, follow_last: boo
     format!("/{}", resolved.join("/"))
 }
 
+/// What the fast lookup of a file in a snapshot's layers found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum LayerLookup {
+    /// The file that the container sees at the path (the path resolved through symlinks).
+    Found(PathBuf),
+    /// Nothing is there (or a whiteout hides it).
+    Missing,
+    /// The layers cannot answer for sure (an unreadable directory, a marker this lookup does
+    /// not interpret, not a regular file): flatten the snapshot instead.
+    Unsure,
+}
+
+fn overlay_attr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    ["trusted.overlay.", "user.overlay."]
+        .iter()
+        .find_map(|ns| xattr::get(path, format!("{ns}{name}")).ok().flatten())
+}
+
+/// Looks `path` up in the merged view of `layers` (topmost first) without flattening them,
+/// as overlayfs would: the topmost entry wins, a 0/0 character device is a whiteout, a
+/// directory merges with the directories of the same name below it until an opaque one or
+/// a non-directory, and symlinks are followed inside the view. Host paths are only ever
+/// built from components that are real directories in that layer, so no host symlink is
+/// followed.
+pub(crate) fn lookup_in_layers(layers: &[PathBuf], path: &str) -> LayerLookup {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut pending: Vec<String> = clean_path("/", path)
+        .split('/')
+        .filter(|p| !p.is_empty())
+        .rev()
+        .map(str::to_owned)
+        .collect();
+    // The resolved directory: its components, and the layers whose directory it merges.
+    let all: Vec<usize> = (0..layers.len()).collect();
+    let mut resolved: Vec<(String, Vec<usize>)> = Vec::new();
+    let mut links = 0;
+    while let Some(part) = pending.pop() {
+        if part.is_empty() || part == "." {
+            continue;
+        }
+        if part == ".." {
+            resolved.pop();
+            continue;
+        }
+        let parent_layers = resolved.last().map_or(&all, |(_, l)| l).clone();
+        let rel: PathBuf = resolved
+            .iter()
+            .map(|(p, _)| p.as_str())
+            .chain(std::iter::once(part.as_str()))
+            .collect();
+        let mut found: Option<(usize, fs::Metadata)> = None;
+        for &i in &parent_layers {
+            match fs::symlink_metadata(layers[i].join(&rel)) {
+                Ok(m) => {
+                    found = Some((i, m));
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(_) => return LayerLookup::Unsure,
+            }
+        }
+        let Some((top, meta)) = found else {
+            return LayerLookup::Missing;
+        };
+        let t = meta.file_type();
+        let host = layers[top].join(&rel);
+        if t.is_char_device() && meta.rdev() == 0 {
+            return LayerLookup::Missing;
+        }
+        if t.is_symlink() {
+            links += 1;
+            if links > MAX_SYMLINKS {
+                return LayerLookup::Unsure;
+            }
+            let Ok(target) = fs::read_link(&host) else {
+                return LayerLookup::Unsure;
+            };
+            let target = target.to_string_lossy().into_owned();
+            if target.starts_with('/') {
+                resolved.clear();
+            }
+            pending.extend(target.split('/').rev().map(str::to_owned));
+            continue;
+        }
+        if t.is_dir() {
+            // Which layers' directories of this name the container sees merged.
+            if overlay_attr(&host, "redirect").is_some() {
+                return LayerLookup::Unsure;
+            }
+            let mut merged = vec![top];
+            let mut opaque = overlay_attr(&host, "opaque");
+            for &i in parent_layers.iter().filter(|&&i| i > top) {
+                match opaque.as_deref() {
+                    None => {}
+                    Some(b"y") => break,
+                    Some(_) => return LayerLookup::Unsure,
+                }
+                match fs::symlink_metadata(layers[i].join(&rel)) {
+                    Ok(m) if m.is_dir() => {
+                        merged.push(i);
+                        opaque = overlay_attr(&layers[i].join(&rel), "opaque");
+                    }
+                    Ok(_) => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(_) => return LayerLookup::Unsure,
+                }
+            }
+            resolved.push((part, merged));
+            continue;
+        }
+        // A file: the end of the path, or a path through a file (let flattening say so).
+        if !pending.iter().all(|p| p.is_empty() || p == ".") || !t.is_file() {
+            return LayerLookup::Unsure;
+        }
+        if overlay_attr(&host, "whiteout").is_some() || overlay_attr(&host, "metacopy").is_some() {
+            return LayerLookup::Unsure;
+        }
+        return match fs::File::open(&host) {
+            Ok(_) => LayerLookup::Found(host),
+            Err(_) => LayerLookup::Unsure,
+        };
+    }
+    // The path names a directory.
+    LayerLookup::Unsure
+}
+
 fn type_name(m: &fs::Metadata) -> &'static str {
     let t = m.file_type();
     if t.is_dir() {
@@ -341,6 +467,25 @@ impl EngineInner {
             }
             DirSource::Snapshot { snapshot, path } => {
                 let full = clean_path(path, source.path.trim_start_matches('/'));
+                // Most files are found in the layers directly; flattening a whole image to
+                // read one file takes seconds.
+                let layers = match snapshot {
+                    Some(top) => self.store.snapshots().layer_dirs(top)?,
+                    None => Vec::new(),
+                };
+                let top_first: Vec<PathBuf> = layers.into_iter().rev().collect();
+                match lookup_in_layers(&top_first, &full) {
+                    LayerLookup::Found(file) => {
+                        let meta = fs::metadata(&file).map_err(io_err("stat", &file))?;
+                        return Ok(LocalFile {
+                            path: file,
+                            meta,
+                            _flattened: None,
+                        });
+                    }
+                    LayerLookup::Missing => return Err(not_found(full)),
+                    LayerLookup::Unsure => {}
+                }
                 let flattened = self.flatten(snapshot.as_deref(), &full).await?;
                 let resolved = resolve_in_root(&flattened.dir, &full)
                     .map_err(|r| resolve_err(full.clone(), r))?;
@@ -929,6 +1074,48 @@ mod tests {
         assert!(resolve_in_root(root, "/loop1")
             .unwrap_err()
             .contains("symbolic links"));
+    }
+
+    #[test]
+    fn lookup_in_layers_sees_what_overlay_shows() {
+        use std::os::unix::fs::symlink;
+        let t = tempfile::tempdir().unwrap();
+        let (l0, l1, l2) = (t.path().join("0"), t.path().join("1"), t.path().join("2"));
+        // Bottom: /usr/lib/os-release, /etc/os-release -> ../usr/lib/os-release, /gone,
+        // /opq/old, /dir/keep.
+        for d in ["usr/lib", "etc", "opq", "dir"] {
+            fs::create_dir_all(l0.join(d)).unwrap();
+        }
+        fs::write(l0.join("usr/lib/os-release"), "ID=x\n").unwrap();
+        symlink("../usr/lib/os-release", l0.join("etc/os-release")).unwrap();
+        fs::write(l0.join("gone"), "old").unwrap();
+        fs::write(l0.join("opq/old"), "old").unwrap();
+        fs::write(l0.join("dir/keep"), "keep").unwrap();
+        // Middle: /dir/new, /opq opaque with /opq/new.
+        fs::create_dir_all(l1.join("dir")).unwrap();
+        fs::create_dir_all(l1.join("opq")).unwrap();
+        fs::write(l1.join("dir/new"), "new").unwrap();
+        fs::write(l1.join("opq/new"), "new").unwrap();
+        let opaque_set = xattr::set(l1.join("opq"), "user.overlay.opaque", b"y").is_ok();
+        // Top: an absolute link out of the view, which stays inside it.
+        fs::create_dir_all(&l2).unwrap();
+        symlink("/usr/lib", l2.join("lib")).unwrap();
+        let layers = [l2.clone(), l1.clone(), l0.clone()];
+        let found = |p: &str| match lookup_in_layers(&layers, p) {
+            LayerLookup::Found(f) => fs::read_to_string(f).unwrap(),
+            other => format!("{other:?}"),
+        };
+        assert_eq!(found("/etc/os-release"), "ID=x\n");
+        assert_eq!(found("/lib/os-release"), "ID=x\n");
+        assert_eq!(found("/dir/keep"), "keep");
+        assert_eq!(found("/dir/new"), "new");
+        assert_eq!(found("/missing"), "Missing");
+        assert_eq!(found("/gone"), "old");
+        assert_eq!(found("/dir"), "Unsure");
+        if opaque_set {
+            assert_eq!(found("/opq/old"), "Missing");
+            assert_eq!(found("/opq/new"), "new");
+        }
     }
 
     #[test]
