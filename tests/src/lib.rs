@@ -123,38 +123,105 @@ pub fn cairn_bin_for(who: Who) -> PathBuf {
     static COPY: OnceLock<PathBuf> = OnceLock::new();
     match who {
         Who::Root => cairn_bin(),
-        Who::User(_) => COPY
-            .get_or_init(|| {
-                // One copy per build, shared by the test processes of a run.
-                let source = cairn_bin();
-                let meta = fs::metadata(&source).unwrap();
-                let dir = std::env::temp_dir().join("cairn-e2e-bin");
-                fs::create_dir_all(&dir).unwrap();
-                fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-                    .unwrap();
-                let bin = dir.join(format!("cairn-{}-{}", meta.len(), meta.mtime()));
-                if !bin.exists() {
-                    // Copies of other builds may be in use by another checkout's test run:
-                    // only old ones go.
-                    for stale in fs::read_dir(&dir).unwrap().flatten() {
-                        let old = stale
-                            .metadata()
-                            .and_then(|m| m.modified())
-                            .ok()
-                            .and_then(|t| t.elapsed().ok())
-                            .is_some_and(|age| age > std::time::Duration::from_secs(3600));
-                        if old {
-                            let _ = fs::remove_file(stale.path());
-                        }
-                    }
-                    let temp = dir.join(format!(".cairn-{}", std::process::id()));
-                    fs::copy(&source, &temp).unwrap();
-                    fs::rename(&temp, &bin).unwrap();
-                }
-                bin
-            })
-            .clone(),
+        Who::User(_) => COPY.get_or_init(|| runnable_copy(&cairn_bin())).clone(),
     }
+}
+
+/// A copy of the program `source` that every user can run, in a world-readable place;
+/// one copy per build (named by size and time), shared by the test processes of a run.
+pub fn runnable_copy(source: &Path) -> PathBuf {
+    let meta = fs::metadata(source).unwrap_or_else(|e| panic!("{}: {e}", source.display()));
+    let dir = std::env::temp_dir().join("cairn-e2e-bin");
+    fs::create_dir_all(&dir).unwrap();
+    fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let stem = source.file_name().unwrap().to_string_lossy();
+    let bin = dir.join(format!("{stem}-{}-{}", meta.len(), meta.mtime()));
+    if !bin.exists() {
+        // Copies of other builds may be in use by another checkout's test run: only old
+        // ones go.
+        for stale in fs::read_dir(&dir).unwrap().flatten() {
+            let old = stale
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > std::time::Duration::from_secs(3600));
+            if old {
+                let _ = fs::remove_file(stale.path());
+            }
+        }
+        let temp = dir.join(format!(".{stem}-{}", std::process::id()));
+        fs::copy(source, &temp).unwrap();
+        fs::rename(&temp, &bin).unwrap();
+    }
+    bin
+}
+
+/// An example program of the workspace (`target/debug/examples/NAME`), which
+/// `cargo build --workspace --examples` builds (`scripts/test` does).
+pub fn example_bin(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    let bin = target.join("debug").join("examples").join(name);
+    assert!(
+        bin.exists(),
+        "{} not built: run `cargo build --workspace --examples` first",
+        bin.display()
+    );
+    bin
+}
+
+/// Set in a test process that [`as_identity`] started as a plain user.
+const INNER: &str = "CAIRN_E2E_INNER";
+
+fn is_inner() -> bool {
+    std::env::var_os(INNER).is_some()
+}
+
+/// Runs the test body `body` as `who`. As root it runs here. For a plain user, this test
+/// binary (a copy the user can run) is started as that user to run the same test alone (its
+/// name is the name of the current thread, as libtest sets it), and it runs `body` there:
+/// so a test of the library reaches the rootless paths for real. That run sees `CAIRN_BIN`
+/// (a copy of cairn the user can run, the store's helper) and a `TMPDIR` the user owns; its
+/// output is shown, and the test fails unless exactly that one test ran and passed.
+pub fn as_identity(who: Who, body: impl FnOnce()) {
+    let user = match who {
+        Who::Root => return body(),
+        Who::User(_) if is_inner() => return body(),
+        Who::User(u) => u,
+    };
+    let test = std::thread::current()
+        .name()
+        .expect("libtest names each test's thread after the test")
+        .to_owned();
+    let exe = runnable_copy(&std::env::current_exe().unwrap());
+    // A short TMPDIR: overlay takes at most 255 bytes of lower directories per mount option,
+    // so deep store paths limit how many layers a container can have.
+    let scratch = Scratch::short("u");
+    who.own(&scratch.path);
+    let out = who
+        .command(&exe)
+        .args([test.as_str(), "--exact", "--nocapture", "--test-threads=1"])
+        .env(INNER, "1")
+        .env("CAIRN_BIN", cairn_bin_for(who))
+        .env("CAIRN_FIXTURES_DIR", &fixtures().dir)
+        .env("TMPDIR", &scratch.path)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the test binary as a plain user");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    print!("{stdout}");
+    eprint!("{stderr}");
+    assert!(
+        out.status.success() && stdout.contains("test result: ok. 1 passed"),
+        "{test} as {} failed ({})",
+        user.name,
+        out.status
+    );
 }
 
 /// A plain user the tests run cairn as.
@@ -175,6 +242,16 @@ fn sh(cmd: &str) -> Output {
 }
 
 fn ensure_user(name: &str, subids: Option<(u32, u32)>) -> TestUser {
+    if is_inner() {
+        // Started by `as_identity` as this very user, which the outer process set up.
+        let user = nix::unistd::User::from_name(name).unwrap().unwrap();
+        return TestUser {
+            name: name.into(),
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+            subids: subids.is_some(),
+        };
+    }
     assert!(
         nix::unistd::geteuid().is_root(),
         "end-to-end tests run as root: they create the plain users they test as"
@@ -305,6 +382,20 @@ impl Scratch {
         static N: AtomicU32 = AtomicU32::new(0);
         let path = std::env::temp_dir().join(format!(
             "cairn-e2e-{}-{}-{label}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        fs::create_dir_all(&path).unwrap();
+        fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        Scratch { path }
+    }
+
+    /// A scratch directory with a short name (`<tmp>/<prefix><pid>-<n>`), for stores: the
+    /// overlay mount of a container takes at most 255 bytes of lower directory paths.
+    pub fn short(prefix: &str) -> Scratch {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "{prefix}{}-{}",
             std::process::id(),
             N.fetch_add(1, Ordering::SeqCst)
         ));

@@ -1,17 +1,44 @@
-//! The embedding API end to end, as root: a container built from an image, a filtered host
+//! The embedding API end to end: a container built from an image, a filtered host
 //! directory, environment, working directory and a mounted secret; its output, an exported
-//! directory and its digest; a failing exec.
+//! directory and its digest; a failing exec. Files (new, copied, read, exported), mounted
+//! directories, files and tmpfs, directory listings and subdirectories, and the
+//! `build_and_test` example, each as root and as a plain user with subordinate ids (the
+//! library tests run in a copy of this test binary started as that user: see
+//! `cairn_e2e::as_identity`).
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 
-use cairn_e2e::{cairn_bin, fixtures, Scratch};
-use cairn_engine::{Engine, ErrorKind, Secret};
+use cairn_e2e::{as_identity, cairn_bin, example_bin, fixtures, runnable_copy, Scratch, Who};
+use cairn_engine::{Engine, EngineError, ErrorKind, Secret};
 use cairn_images::{HelperProgram, StoreOptions};
 
+cairn_e2e::identity_tests!(
+    [root, subids]
+    new_and_copied_files,
+    file_errors_name_the_path_and_step,
+    mounted_directories_files_and_tmpfs,
+    directory_entries_subdirectories_and_rootfs,
+    debian_os_release_through_its_symlink,
+    build_and_test_example_runs,
+);
+
 fn engine(scratch: &Scratch) -> (Engine, tokio::runtime::Runtime) {
+    engine_at(&scratch.path.join("store"))
+}
+
+/// A store at a short path (a container's overlay takes at most 255 bytes of lower
+/// directory paths), removed when the scratch directory goes.
+fn short_engine() -> (Scratch, Engine, tokio::runtime::Runtime) {
+    let scratch = Scratch::short("st");
+    let (engine, rt) = engine_at(&scratch.path);
+    (scratch, engine, rt)
+}
+
+fn engine_at(store: &Path) -> (Engine, tokio::runtime::Runtime) {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut options = StoreOptions::new(scratch.path.join("store"));
+    let mut options = StoreOptions::new(store);
     // The test binary does not call cairn_images::init: the cairn binary is the helper.
     options.helper = HelperProgram::Path(cairn_bin());
     let engine = rt.block_on(Engine::open(options)).unwrap();
@@ -86,4 +113,394 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     text
+}
+
+fn busybox() -> String {
+    fixtures().image("busybox:latest")
+}
+
+/// A line no other run of a command prints: a re-run shows a new one, a cached run replays
+/// the old one.
+const RUN_ID: &str = "cat /proc/sys/kernel/random/uuid";
+
+fn mode(path: &Path) -> u32 {
+    fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+fn new_and_copied_files(who: Who) {
+    as_identity(who, || {
+        let scratch = Scratch::new("files");
+        let (_store, engine, rt) = short_engine();
+        let base = engine.container().from(busybox());
+        let c = base
+            .with_new_file("/app/greeting.txt", "hello\n")
+            .with_new_file_permissions("/app/run.sh", "#!/bin/sh\necho ran\n", 0o750)
+            .with_workdir("/app")
+            .with_new_file("rel.txt", "relative\n")
+            .with_exec([
+                "sh",
+                "-c",
+                "stat -c '%a %n' /app/greeting.txt /app/run.sh; /app/run.sh; cat greeting.txt rel.txt",
+            ]);
+        rt.block_on(async {
+            assert_eq!(
+                c.stdout().await.unwrap(),
+                "644 /app/greeting.txt\n750 /app/run.sh\nran\nhello\nrelative\n"
+            );
+            let greeting = c.file("/app/greeting.txt");
+            assert_eq!(greeting.contents().await.unwrap(), "hello\n");
+            assert_eq!(greeting.contents_bytes().await.unwrap(), b"hello\n");
+            assert_eq!(greeting.size().await.unwrap(), 6);
+            assert_eq!(
+                greeting.digest().await.unwrap().to_string(),
+                cairn_e2e::sha256_digest(b"hello\n")
+            );
+            // Relative paths are in the working directory.
+            assert_eq!(c.file("rel.txt").contents().await.unwrap(), "relative\n");
+
+            // Export keeps the mode.
+            let out = scratch.path.join("out/deep/run.sh");
+            c.file("/app/run.sh").export(&out).await.unwrap();
+            assert_eq!(fs::read_to_string(&out).unwrap(), "#!/bin/sh\necho ran\n");
+            assert_eq!(mode(&out), 0o750);
+
+            // with_file copies a file of another container (mode kept, or the one given) and
+            // a file of a host directory.
+            let host = scratch.path.join("host");
+            fs::create_dir_all(host.join("sub")).unwrap();
+            fs::write(host.join("sub/data.txt"), "host data\n").unwrap();
+            fs::set_permissions(host.join("sub/data.txt"), fs::Permissions::from_mode(0o604))
+                .unwrap();
+            let host_file = engine.host().directory(&host).file("sub/data.txt");
+            let copied = base
+                .with_file("/copied/run.sh", &c.file("/app/run.sh"))
+                .with_file_permissions("/copied/ro.txt", &greeting, 0o400)
+                .with_file("/copied/data.txt", &host_file)
+                .with_exec([
+                    "sh",
+                    "-c",
+                    "stat -c '%a' /copied/run.sh /copied/ro.txt /copied/data.txt; /copied/run.sh; cat /copied/ro.txt /copied/data.txt",
+                ]);
+            assert_eq!(
+                copied.stdout().await.unwrap(),
+                "750\n400\n604\nran\nhello\nhost data\n"
+            );
+
+            // The new file's content is in the key: other content reruns the exec after it,
+            // the same content is taken from the cache.
+            let with = |text: &str| {
+                base.with_new_file("/in.txt", text.to_owned())
+                    .with_exec(["sh", "-c", &format!("cat /in.txt; echo; {RUN_ID}")])
+            };
+            let first = with("one").stdout().await.unwrap();
+            assert!(first.starts_with("one\n"), "{first}");
+            assert_eq!(with("one").stdout().await.unwrap(), first, "same content: cached");
+            let second = with("two").stdout().await.unwrap();
+            assert!(second.starts_with("two\n"), "{second}");
+            assert_ne!(first[4..], second[4..], "other content: the exec ran again");
+            assert_eq!(with("one").stdout().await.unwrap(), first, "still cached");
+            // So is the source file's key for with_file: an edited host file reruns.
+            let copy_run = || {
+                let f = engine.host().directory(&host).file("sub/data.txt");
+                base.with_file("/d.txt", &f)
+                    .with_exec(["sh", "-c", &format!("cat /d.txt; {RUN_ID}")])
+            };
+            let before = copy_run().stdout().await.unwrap();
+            assert_eq!(copy_run().stdout().await.unwrap(), before);
+            fs::write(host.join("sub/data.txt"), "edited\n").unwrap();
+            let after = copy_run().stdout().await.unwrap();
+            assert!(after.starts_with("edited\n"), "{after}");
+        });
+    });
+}
+
+fn file_errors_name_the_path_and_step(who: Who) {
+    as_identity(who, || {
+        let scratch = Scratch::new("file-errors");
+        let (_store, engine, rt) = short_engine();
+        let c = engine
+            .container()
+            .from(busybox())
+            .with_name("my-step")
+            .with_exec([
+                "sh",
+                "-c",
+                "mkdir -p /made && ln -s /nowhere /made/dangling",
+            ]);
+        rt.block_on(async {
+            let err = c.file("/no/such/file").contents().await.unwrap_err();
+            let text = error_chain(&err);
+            assert!(
+                text.contains("/no/such/file") && text.contains("my-step"),
+                "{text}"
+            );
+            assert_eq!(err.kind(), ErrorKind::NotFound);
+            let err = c.file("/made").contents().await.unwrap_err();
+            let text = error_chain(&err);
+            assert!(
+                text.contains("/made") && text.contains("is a directory"),
+                "{text}"
+            );
+            assert!(matches!(err, EngineError::WrongFileType { .. }), "{err:?}");
+            let err = c.file("/made/dangling").size().await.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+            // A file that is missing where with_file takes it fails that step, naming it.
+            let copy = engine
+                .container()
+                .from(busybox())
+                .with_file("/x", &c.file("/missing.txt"));
+            let err = copy
+                .sync()
+                .await
+                .err()
+                .expect("a missing source file fails");
+            let text = error_chain(&err);
+            assert!(text.contains("/missing.txt"), "{text}");
+            let host = scratch.path.join("h");
+            fs::create_dir_all(&host).unwrap();
+            fs::write(host.join("skip.log"), "x").unwrap();
+            let dir = engine.host().directory(&host).with_exclude(["*.log"]);
+            let err = dir.file("skip.log").contents().await.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::NotFound, "excluded: {err}");
+        });
+    });
+}
+
+fn mounted_directories_files_and_tmpfs(who: Who) {
+    as_identity(who, || {
+        let scratch = Scratch::new("mounts");
+        let (_store, engine, rt) = short_engine();
+        let src = scratch.path.join("src");
+        fs::create_dir_all(&src).unwrap();
+        fs::write(src.join("a.txt"), "a\n").unwrap();
+        let host = engine.host().directory(&src);
+        let base = engine.container().from(busybox());
+        let c = base
+            .with_mounted_directory("/mnt/src", &host)
+            .with_mounted_temp("/scratch")
+            .with_mounted_file("/etc/extra.conf", &host.file("a.txt"))
+            .with_exec([
+                "sh",
+                "-c",
+                "cat /mnt/src/a.txt; echo changed > /mnt/src/a.txt; echo new > /mnt/src/new.txt; \
+                 echo t > /scratch/t; grep ' /scratch ' /proc/mounts | cut -d' ' -f3; \
+                 cat /etc/extra.conf; echo more >> /etc/extra.conf; echo kept > /kept.txt",
+            ]);
+        rt.block_on(async {
+            assert_eq!(c.stdout().await.unwrap(), "a\ntmpfs\na\n");
+            // The host directory did not change.
+            assert_eq!(fs::read_to_string(src.join("a.txt")).unwrap(), "a\n");
+            assert!(!src.join("new.txt").exists());
+            // What was written through the mounts is not in the exec's result; the rest is.
+            assert_eq!(c.file("/kept.txt").contents().await.unwrap(), "kept\n");
+            for gone in ["/mnt/src/new.txt", "/mnt/src/a.txt", "/scratch/t"] {
+                let err = c.file(gone).contents().await.unwrap_err();
+                assert_eq!(err.kind(), ErrorKind::NotFound, "{gone}: {err}");
+            }
+            let conf = c.file("/etc/extra.conf").contents().await;
+            assert!(
+                conf.as_deref().map_or(true, str::is_empty),
+                "the mounted file's writes reached the result: {conf:?}"
+            );
+            // A later exec sees the mounts afresh: the source's content, an empty tmpfs.
+            let later = c.with_exec([
+                "sh",
+                "-c",
+                "cat /mnt/src/a.txt; ls /mnt/src; ls /scratch | wc -l",
+            ]);
+            assert_eq!(later.stdout().await.unwrap(), "a\na.txt\n0\n");
+
+            // A container's directory mounted elsewhere: its snapshot does not change.
+            let producer = base.with_exec(["sh", "-c", "mkdir /data && echo orig > /data/f"]);
+            let data = producer.directory("/data");
+            let user = base.with_mounted_directory("/m", &data).with_exec([
+                "sh",
+                "-c",
+                "cat /m/f; echo mod > /m/f; cat /m/f",
+            ]);
+            assert_eq!(user.stdout().await.unwrap(), "orig\nmod\n");
+            assert_eq!(data.file("f").contents().await.unwrap(), "orig\n");
+            assert_eq!(
+                user.with_exec(["cat", "/m/f"]).stdout().await.unwrap(),
+                "orig\n"
+            );
+
+            // The mounted directory's key is the exec's: an edit reruns it, else it is cached.
+            let run = || {
+                base.with_mounted_directory("/in", &engine.host().directory(&src))
+                    .with_exec(["sh", "-c", &format!("cat /in/a.txt; {RUN_ID}")])
+            };
+            let first = run().stdout().await.unwrap();
+            assert_eq!(run().stdout().await.unwrap(), first, "unchanged: cached");
+            fs::write(src.join("a.txt"), "b\n").unwrap();
+            let second = run().stdout().await.unwrap();
+            assert!(second.starts_with("b\n"), "{second}");
+            assert_ne!(first[2..], second[2..]);
+        });
+    });
+}
+
+fn directory_entries_subdirectories_and_rootfs(who: Who) {
+    as_identity(who, || {
+        let scratch = Scratch::new("dirs");
+        let (_store, engine, rt) = short_engine();
+        let src = scratch.path.join("src");
+        for d in ["sub/deep", "target/x"] {
+            fs::create_dir_all(src.join(d)).unwrap();
+        }
+        for (f, text) in [
+            ("a.txt", "a\n"),
+            ("b.log", "log\n"),
+            ("sub/c.txt", "c\n"),
+            ("sub/deep/d.txt", "d\n"),
+            ("target/x/o", "o\n"),
+        ] {
+            fs::write(src.join(f), text).unwrap();
+        }
+        let dir = engine
+            .host()
+            .directory(&src)
+            .with_exclude(["*.log", "target"]);
+        let c = engine.container().from(busybox()).with_exec([
+            "sh",
+            "-c",
+            "mkdir -p /out/z /out/a && echo 1 > /out/m.txt && ln -s /out /link && cat /etc/cairn-fixture",
+        ]);
+        rt.block_on(async {
+            // A host directory, filtered, and its subdirectories.
+            assert_eq!(dir.entries().await.unwrap(), ["a.txt", "sub"]);
+            let sub = dir.directory("sub");
+            assert_eq!(sub.entries().await.unwrap(), ["c.txt", "deep"]);
+            assert_eq!(sub.file("c.txt").contents().await.unwrap(), "c\n");
+            assert_eq!(
+                sub.directory("deep")
+                    .file("d.txt")
+                    .contents()
+                    .await
+                    .unwrap(),
+                "d\n"
+            );
+            let exported = scratch.path.join("deep-out");
+            sub.directory("deep").export(&exported).await.unwrap();
+            assert_eq!(fs::read_to_string(exported.join("d.txt")).unwrap(), "d\n");
+            let err = dir.directory("target").entries().await.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::NotFound, "excluded: {err}");
+            let err = dir.directory("a.txt").entries().await.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidInput, "a file: {err}");
+
+            // A container's filesystem.
+            let fixture = c.stdout().await.unwrap();
+            let rootfs = c.rootfs();
+            let top = rootfs.entries().await.unwrap();
+            for name in ["bin", "etc", "link", "out"] {
+                assert!(top.contains(&name.to_owned()), "{name} not in {top:?}");
+            }
+            let mut sorted = top.clone();
+            sorted.sort();
+            assert_eq!(top, sorted);
+            assert_eq!(
+                rootfs.file("/etc/cairn-fixture").contents().await.unwrap(),
+                fixture
+            );
+            assert_eq!(
+                rootfs
+                    .directory("etc")
+                    .file("passwd")
+                    .contents()
+                    .await
+                    .unwrap()[..5],
+                *"root:"
+            );
+            assert_eq!(
+                c.directory("/out").entries().await.unwrap(),
+                ["a", "m.txt", "z"]
+            );
+            // Symlinks are followed inside the container: /link is /out, /bin/sh busybox.
+            assert_eq!(
+                c.directory("/link").entries().await.unwrap(),
+                ["a", "m.txt", "z"]
+            );
+            assert_eq!(c.file("/link/m.txt").contents().await.unwrap(), "1\n");
+            let sh = c.file("/bin/sh").contents_bytes().await.unwrap();
+            assert_eq!(&sh[..4], b"\x7fELF");
+            assert_eq!(
+                c.file("/bin/sh").size().await.unwrap(),
+                c.file("/bin/busybox").size().await.unwrap()
+            );
+        });
+    });
+}
+
+fn debian_os_release_through_its_symlink(who: Who) {
+    as_identity(who, || {
+        let (_store, engine, rt) = short_engine();
+        let debian = engine.container().from(fixtures().image("debian:bookworm"));
+        rt.block_on(async {
+            // /etc/os-release is a relative symlink to ../usr/lib/os-release.
+            let text = debian
+                .rootfs()
+                .file("/etc/os-release")
+                .contents()
+                .await
+                .unwrap();
+            assert!(text.contains("VERSION_CODENAME=bookworm"), "{text}");
+            // /bin is a symlink to usr/bin: a new file there goes to /usr/bin and /bin keeps
+            // the image's files.
+            let tool = debian
+                .with_new_file_permissions("/bin/cairn-tool", "#!/bin/sh\necho tool\n", 0o755)
+                .with_exec(["sh", "-c", "cairn-tool; ls /bin/ls /usr/bin/cairn-tool"]);
+            assert_eq!(
+                tool.stdout().await.unwrap(),
+                "tool\n/bin/ls\n/usr/bin/cairn-tool\n"
+            );
+        });
+    });
+}
+
+fn build_and_test_example_runs(who: Who) {
+    let scratch = Scratch::new("example");
+    who.own(&scratch.path);
+    let project = scratch.path.join("project");
+    fs::create_dir_all(project.join("src")).unwrap();
+    fs::create_dir_all(project.join("target")).unwrap();
+    fs::write(project.join("Makefile"), "all:\n").unwrap();
+    fs::write(project.join("src/main.c"), "int main(){}\n").unwrap();
+    fs::write(project.join("target/junk"), "x").unwrap();
+    who.own(&scratch.path);
+    let bin = match who {
+        Who::Root => example_bin("build_and_test"),
+        Who::User(_) => runnable_copy(&example_bin("build_and_test")),
+    };
+    let out_dir = scratch.path.join("out");
+    let run = || {
+        who.command(&bin)
+            .arg(busybox())
+            .arg(&project)
+            .arg(&out_dir)
+            .env("CAIRN_ROOT", scratch.path.join("store"))
+            .output()
+            .unwrap()
+    };
+    for attempt in ["first", "cached"] {
+        let out = run();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{attempt} run as {}: {}\n{stdout}{}",
+            who.label(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("test: ok 2 files\n"), "{stdout}");
+        assert!(stdout.contains("Makefile\nsrc/main.c\n"), "{stdout}");
+        assert!(stdout.contains("exported: count.txt files.txt"), "{stdout}");
+        assert_eq!(
+            fs::read_to_string(out_dir.join("files.txt")).unwrap(),
+            "Makefile\nsrc/main.c\n"
+        );
+        assert_eq!(
+            fs::read_to_string(out_dir.join("count.txt")).unwrap(),
+            "2\n"
+        );
+    }
 }

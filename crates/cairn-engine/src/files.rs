@@ -134,6 +134,185 @@ pub(crate) fn resolve_in_root(root: &Path, path: &str) -> Result<PathBuf, String
         .collect())
 }
 
+/// Where to write `path` (absolute) into a new layer over `lowers` (the layers below,
+/// topmost first) so that the container sees it at `path`: symlinks among its directories
+/// (and the last component too with `follow_last`) are resolved in the merged view of the
+/// layers, as the container would resolve them. Without this, writing `/bin/tool` over an
+/// image whose `/bin` is a symlink to `usr/bin` would put a real `/bin` directory in the new
+/// layer, hiding every file of the image's `/bin`. A component that cannot be read (a
+/// directory of another user in a rootless store) is taken as it is.
+pub(crate) fn resolve_in_layers(lowers: &[PathBuf], path: &str, follow_last: bool) -> String {
+    let clean = clean_path("/", path);
+    let mut parts: Vec<String> = clean
+        .split('/')
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let last = if follow_last { None } else { parts.pop() };
+    let mut pending: Vec<String> = parts.into_iter().rev().collect();
+    let mut resolved: Vec<String> = Vec::new();
+    let mut links = 0;
+    while let Some(part) = pending.pop() {
+        if part == ".." {
+            resolved.pop();
+            continue;
+        }
+        if part.is_empty() || part == "." {
+            continue;
+        }
+        let rel: PathBuf = resolved.iter().chain(std::iter::once(&part)).collect();
+        let topmost = lowers
+            .iter()
+            .map(|l| l.join(&rel))
+            .find_map(|p| fs::symlink_metadata(&p).ok().map(|m| (p, m)));
+        let target = match topmost {
+            Some((p, m)) if m.file_type().is_symlink() && links < MAX_SYMLINKS => {
+                fs::read_link(p).ok()
+            }
+            _ => None,
+        };
+        match target {
+            Some(target) => {
+                links += 1;
+                let target = target.to_string_lossy().into_owned();
+                if target.starts_with('/') {
+                    resolved.clear();
+                }
+                pending.extend(target.split('/').rev().map(str::to_owned));
+            }
+            None => resolved.push(part),
+        }
+    }
+    resolved.extend(last);
+    format!("/{}", resolved.join("/"))
+}
+
+/// What the fast lookup of a file in a snapshot's layers found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum LayerLookup {
+    /// The file that the container sees at the path (the path resolved through symlinks).
+    Found(PathBuf),
+    /// Nothing is there (or a whiteout hides it).
+    Missing,
+    /// The layers cannot answer for sure (an unreadable directory, a marker this lookup does
+    /// not interpret, not a regular file): flatten the snapshot instead.
+    Unsure,
+}
+
+fn overlay_attr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    ["trusted.overlay.", "user.overlay."]
+        .iter()
+        .find_map(|ns| xattr::get(path, format!("{ns}{name}")).ok().flatten())
+}
+
+/// Looks `path` up in the merged view of `layers` (topmost first) without flattening them,
+/// as overlayfs would: the topmost entry wins, a 0/0 character device is a whiteout, a
+/// directory merges with the directories of the same name below it until an opaque one or
+/// a non-directory, and symlinks are followed inside the view. Host paths are only ever
+/// built from components that are real directories in that layer, so no host symlink is
+/// followed.
+pub(crate) fn lookup_in_layers(layers: &[PathBuf], path: &str) -> LayerLookup {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut pending: Vec<String> = clean_path("/", path)
+        .split('/')
+        .filter(|p| !p.is_empty())
+        .rev()
+        .map(str::to_owned)
+        .collect();
+    // The resolved directory: its components, and the layers whose directory it merges.
+    let all: Vec<usize> = (0..layers.len()).collect();
+    let mut resolved: Vec<(String, Vec<usize>)> = Vec::new();
+    let mut links = 0;
+    while let Some(part) = pending.pop() {
+        if part.is_empty() || part == "." {
+            continue;
+        }
+        if part == ".." {
+            resolved.pop();
+            continue;
+        }
+        let parent_layers = resolved.last().map_or(&all, |(_, l)| l).clone();
+        let rel: PathBuf = resolved
+            .iter()
+            .map(|(p, _)| p.as_str())
+            .chain(std::iter::once(part.as_str()))
+            .collect();
+        let mut found: Option<(usize, fs::Metadata)> = None;
+        for &i in &parent_layers {
+            match fs::symlink_metadata(layers[i].join(&rel)) {
+                Ok(m) => {
+                    found = Some((i, m));
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(_) => return LayerLookup::Unsure,
+            }
+        }
+        let Some((top, meta)) = found else {
+            return LayerLookup::Missing;
+        };
+        let t = meta.file_type();
+        let host = layers[top].join(&rel);
+        if t.is_char_device() && meta.rdev() == 0 {
+            return LayerLookup::Missing;
+        }
+        if t.is_symlink() {
+            links += 1;
+            if links > MAX_SYMLINKS {
+                return LayerLookup::Unsure;
+            }
+            let Ok(target) = fs::read_link(&host) else {
+                return LayerLookup::Unsure;
+            };
+            let target = target.to_string_lossy().into_owned();
+            if target.starts_with('/') {
+                resolved.clear();
+            }
+            pending.extend(target.split('/').rev().map(str::to_owned));
+            continue;
+        }
+        if t.is_dir() {
+            // Which layers' directories of this name the container sees merged.
+            if overlay_attr(&host, "redirect").is_some() {
+                return LayerLookup::Unsure;
+            }
+            let mut merged = vec![top];
+            let mut opaque = overlay_attr(&host, "opaque");
+            for &i in parent_layers.iter().filter(|&&i| i > top) {
+                match opaque.as_deref() {
+                    None => {}
+                    Some(b"y") => break,
+                    Some(_) => return LayerLookup::Unsure,
+                }
+                match fs::symlink_metadata(layers[i].join(&rel)) {
+                    Ok(m) if m.is_dir() => {
+                        merged.push(i);
+                        opaque = overlay_attr(&layers[i].join(&rel), "opaque");
+                    }
+                    Ok(_) => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(_) => return LayerLookup::Unsure,
+                }
+            }
+            resolved.push((part, merged));
+            continue;
+        }
+        // A file: the end of the path, or a path through a file (let flattening say so).
+        if !pending.iter().all(|p| p.is_empty() || p == ".") || !t.is_file() {
+            return LayerLookup::Unsure;
+        }
+        if overlay_attr(&host, "whiteout").is_some() || overlay_attr(&host, "metacopy").is_some() {
+            return LayerLookup::Unsure;
+        }
+        return match fs::File::open(&host) {
+            Ok(_) => LayerLookup::Found(host),
+            Err(_) => LayerLookup::Unsure,
+        };
+    }
+    // The path names a directory.
+    LayerLookup::Unsure
+}
+
 fn type_name(m: &fs::Metadata) -> &'static str {
     let t = m.file_type();
     if t.is_dir() {
@@ -272,13 +451,15 @@ impl EngineInner {
             } => {
                 let rel = clean_rel(&format!("{}/{}", sub.display(), source.path));
                 let shown = root.join(&rel).display().to_string();
-                let resolved = resolve_in_root(root, &rel).map_err(|r| resolve_err(shown.clone(), r))?;
+                let resolved =
+                    resolve_in_root(root, &rel).map_err(|r| resolve_err(shown.clone(), r))?;
                 // The filter sees the file where it really is in the tree.
                 let real = resolved.strip_prefix(root).unwrap_or(&resolved).to_owned();
                 let filter = Filter::new(root, include, exclude)?;
-                let hidden = real.ancestors().any(|a| {
-                    !a.as_os_str().is_empty() && filter.excluded(a)
-                }) || !filter.included(&real);
+                let hidden = real
+                    .ancestors()
+                    .any(|a| !a.as_os_str().is_empty() && filter.excluded(a))
+                    || !filter.included(&real);
                 if hidden {
                     return Err(not_found(shown));
                 }
@@ -286,6 +467,25 @@ impl EngineInner {
             }
             DirSource::Snapshot { snapshot, path } => {
                 let full = clean_path(path, source.path.trim_start_matches('/'));
+                // Most files are found in the layers directly; flattening a whole image to
+                // read one file takes seconds.
+                let layers = match snapshot {
+                    Some(top) => self.store.snapshots().layer_dirs(top)?,
+                    None => Vec::new(),
+                };
+                let top_first: Vec<PathBuf> = layers.into_iter().rev().collect();
+                match lookup_in_layers(&top_first, &full) {
+                    LayerLookup::Found(file) => {
+                        let meta = fs::metadata(&file).map_err(io_err("stat", &file))?;
+                        return Ok(LocalFile {
+                            path: file,
+                            meta,
+                            _flattened: None,
+                        });
+                    }
+                    LayerLookup::Missing => return Err(not_found(full)),
+                    LayerLookup::Unsure => {}
+                }
                 let flattened = self.flatten(snapshot.as_deref(), &full).await?;
                 let resolved = resolve_in_root(&flattened.dir, &full)
                     .map_err(|r| resolve_err(full.clone(), r))?;
@@ -327,7 +527,12 @@ impl EngineInner {
                 sub,
             } => {
                 let filter = Filter::new(path, include, exclude)?.within(sub);
-                (path.join(sub), Some(filter), path.join(sub).display().to_string(), None)
+                (
+                    path.join(sub),
+                    Some(filter),
+                    path.join(sub).display().to_string(),
+                    None,
+                )
             }
             DirSource::Snapshot { snapshot, path } => {
                 let flattened = self.flatten(snapshot.as_deref(), path).await?;
@@ -384,7 +589,7 @@ impl EngineInner {
         ctx: &ExecContext,
         kind: &str,
         base: Option<&str>,
-        fill: impl FnOnce(PathBuf) -> Result<(), EngineError> + Send + 'static,
+        fill: impl FnOnce(PathBuf, Vec<PathBuf>) -> Result<(), EngineError> + Send + 'static,
     ) -> Result<String, EngineError> {
         let key = ctx
             .cache_key()
@@ -403,7 +608,11 @@ impl EngineInner {
                     what: active.clone(),
                     reason: "prepared snapshot has no writable directory".into(),
                 })?;
-            blocking("write layer", move || fill(upper)).await?;
+            let lowers = mounts
+                .first()
+                .map(cairn_snapshot::Mount::lower_dirs)
+                .unwrap_or_default();
+            blocking("write layer", move || fill(upper, lowers)).await?;
             match snapshots.commit(&name, &active, &BTreeMap::new()) {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == cairn_snapshot::ErrorKind::AlreadyExists => {
@@ -508,8 +717,8 @@ impl Op<Output> for SubdirOp {
                 } => {
                     let rel = clean_rel(&format!("{}/{}", sub.display(), self.path));
                     let step = ctx.vertex().name().to_owned();
-                    let sub = host_subdir(&step, &path, &include, &exclude, &rel)
-                        .map_err(op_err)?;
+                    let sub =
+                        host_subdir(&step, &path, &include, &exclude, &rel).map_err(op_err)?;
                     DirSource::Host {
                         path,
                         include,
@@ -605,9 +814,15 @@ impl Op<Output> for NewFileOp {
             let (contents, mode) = (self.contents.clone(), self.mode);
             let snapshot = self
                 .engine
-                .commit_layer(ctx, "newfile", base.snapshot.as_deref(), move |upper| {
-                    write_new_file(&upper.join(dest.trim_start_matches('/')), &contents, mode)
-                })
+                .commit_layer(
+                    ctx,
+                    "newfile",
+                    base.snapshot.as_deref(),
+                    move |upper, lowers| {
+                        let dest = resolve_in_layers(&lowers, &dest, false);
+                        write_new_file(&upper.join(dest.trim_start_matches('/')), &contents, mode)
+                    },
+                )
                 .await
                 .map_err(op_err)?;
             Ok(vec![Output {
@@ -653,7 +868,10 @@ impl Op<Output> for CopyFileOp {
     fn describe(&self) -> CacheDescription {
         let mut d = CacheDescription::new("copy-file")
             .field("path", &self.path)
-            .field("mode", self.mode.map(|m| format!("{m:o}")).unwrap_or_default())
+            .field(
+                "mode",
+                self.mode.map(|m| format!("{m:o}")).unwrap_or_default(),
+            )
             .field("base", if self.has_base { "1" } else { "0" });
         if !self.path.starts_with('/') {
             d.set("workdir", self.workdir.as_deref().unwrap_or(""));
@@ -683,9 +901,15 @@ impl Op<Output> for CopyFileOp {
             let mode = self.mode;
             let snapshot = self
                 .engine
-                .commit_layer(ctx, "file", base.snapshot.as_deref(), move |upper| {
-                    file.copy_to(&upper.join(dest.trim_start_matches('/')), mode)
-                })
+                .commit_layer(
+                    ctx,
+                    "file",
+                    base.snapshot.as_deref(),
+                    move |upper, lowers| {
+                        let dest = resolve_in_layers(&lowers, &dest, false);
+                        file.copy_to(&upper.join(dest.trim_start_matches('/')), mode)
+                    },
+                )
                 .await
                 .map_err(op_err)?;
             Ok(vec![Output {
@@ -847,6 +1071,71 @@ mod tests {
             resolve_in_root(root, "/missing/x").unwrap(),
             root.join("missing/x")
         );
-        assert!(resolve_in_root(root, "/loop1").unwrap_err().contains("symbolic links"));
+        assert!(resolve_in_root(root, "/loop1")
+            .unwrap_err()
+            .contains("symbolic links"));
+    }
+
+    #[test]
+    fn lookup_in_layers_sees_what_overlay_shows() {
+        use std::os::unix::fs::symlink;
+        let t = tempfile::tempdir().unwrap();
+        let (l0, l1, l2) = (t.path().join("0"), t.path().join("1"), t.path().join("2"));
+        // Bottom: /usr/lib/os-release, /etc/os-release -> ../usr/lib/os-release, /gone,
+        // /opq/old, /dir/keep.
+        for d in ["usr/lib", "etc", "opq", "dir"] {
+            fs::create_dir_all(l0.join(d)).unwrap();
+        }
+        fs::write(l0.join("usr/lib/os-release"), "ID=x\n").unwrap();
+        symlink("../usr/lib/os-release", l0.join("etc/os-release")).unwrap();
+        fs::write(l0.join("gone"), "old").unwrap();
+        fs::write(l0.join("opq/old"), "old").unwrap();
+        fs::write(l0.join("dir/keep"), "keep").unwrap();
+        // Middle: /dir/new, /opq opaque with /opq/new.
+        fs::create_dir_all(l1.join("dir")).unwrap();
+        fs::create_dir_all(l1.join("opq")).unwrap();
+        fs::write(l1.join("dir/new"), "new").unwrap();
+        fs::write(l1.join("opq/new"), "new").unwrap();
+        let opaque_set = xattr::set(l1.join("opq"), "user.overlay.opaque", b"y").is_ok();
+        // Top: an absolute link out of the view, which stays inside it.
+        fs::create_dir_all(&l2).unwrap();
+        symlink("/usr/lib", l2.join("lib")).unwrap();
+        let layers = [l2.clone(), l1.clone(), l0.clone()];
+        let found = |p: &str| match lookup_in_layers(&layers, p) {
+            LayerLookup::Found(f) => fs::read_to_string(f).unwrap(),
+            other => format!("{other:?}"),
+        };
+        assert_eq!(found("/etc/os-release"), "ID=x\n");
+        assert_eq!(found("/lib/os-release"), "ID=x\n");
+        assert_eq!(found("/dir/keep"), "keep");
+        assert_eq!(found("/dir/new"), "new");
+        assert_eq!(found("/missing"), "Missing");
+        assert_eq!(found("/gone"), "old");
+        assert_eq!(found("/dir"), "Unsure");
+        if opaque_set {
+            assert_eq!(found("/opq/old"), "Missing");
+            assert_eq!(found("/opq/new"), "new");
+        }
+    }
+
+    #[test]
+    fn destinations_follow_symlinks_of_the_layers_below() {
+        let t = tempfile::tempdir().unwrap();
+        let (bottom, top) = (t.path().join("bottom"), t.path().join("top"));
+        fs::create_dir_all(bottom.join("usr/bin")).unwrap();
+        fs::create_dir_all(top.join("opt")).unwrap();
+        std::os::unix::fs::symlink("usr/bin", bottom.join("bin")).unwrap();
+        // The upper layer's link wins over the lower one's directory.
+        fs::create_dir_all(bottom.join("data")).unwrap();
+        std::os::unix::fs::symlink("/opt", top.join("data")).unwrap();
+        let lowers = [top.clone(), bottom.clone()];
+        assert_eq!(
+            resolve_in_layers(&lowers, "/bin/tool", false),
+            "/usr/bin/tool"
+        );
+        assert_eq!(resolve_in_layers(&lowers, "/data/x/y", false), "/opt/x/y");
+        assert_eq!(resolve_in_layers(&lowers, "/bin", false), "/bin");
+        assert_eq!(resolve_in_layers(&lowers, "/bin", true), "/usr/bin");
+        assert_eq!(resolve_in_layers(&[], "/a/../b/c", false), "/b/c");
     }
 }

@@ -3,9 +3,15 @@
 //! [`Container::sync`] or [`Directory::export`] solves the DAG they describe.
 //!
 //! Each call that changes a container's filesystem is one solver vertex: `from` (pulls the
-//! image when missing; its manifest digest is the vertex's content digest), `with_directory`
-//! (a new committed snapshot with the directory copied in) and `with_exec` (the command run on
-//! the container's snapshot, its writable layer committed as `exec-<cache key hex>`). The
+//! image when missing; its manifest digest is the vertex's content digest), `with_directory`,
+//! `with_file` and `with_new_file` (a new committed snapshot with the directory or file copied
+//! in; a new file's key holds its content's digest) and `with_exec` (the command run on the
+//! container's snapshot, its writable layer committed as `exec-<cache key hex>`). Directories
+//! and [`File`]s taken out of containers or host directories are vertices too, read only
+//! when awaited. `with_mounted_directory`, `with_mounted_file` and `with_mounted_temp` mount
+//! into later execs rather than copy: each exec gets a fresh copy (or tmpfs), so its writes
+//! there reach neither the source nor its committed result; a mounted input's key is part of
+//! the exec's. The
 //! environment, working directory, user, network, cache volumes and secrets are container
 //! state that enters the key of each later `with_exec`: by value, except cache volumes and
 //! secrets, which are keyed by their *names* only. A secret's value is never in a key, a
@@ -30,6 +36,19 @@
 //!     .with_exec(["sh", "-c", "ls > /out.txt"]);
 //! println!("{}", build.stdout().await?);
 //! build.directory("/src").export("dist").await?;
+//! // Files: read, exported, copied into another container, or mounted for one step.
+//! let listing = build.file("/out.txt");
+//! println!("{} bytes: {}", listing.size().await?, listing.contents().await?);
+//! let test = engine
+//!     .container()
+//!     .from("127.0.0.1:5117/fixtures/busybox:latest")
+//!     .with_new_file_permissions("/usr/bin/check", "#!/bin/sh\ntest -s /in/out.txt\n", 0o755)
+//!     .with_file("/in/out.txt", &listing)
+//!     .with_mounted_directory("/src", &src)
+//!     .with_mounted_temp("/tmp")
+//!     .with_exec(["check"]);
+//! test.sync().await?;
+//! println!("{:?}", build.rootfs().entries().await?);
 //! # Ok(()) }
 //! ```
 
@@ -333,7 +352,11 @@ impl Directory {
         Directory {
             engine: self.engine.clone(),
             label: self.label.clone(),
-            vertex: Vertex::new(Arc::new(op), vec![self.vertex.edge()], VertexOptions::new(name)),
+            vertex: Vertex::new(
+                Arc::new(op),
+                vec![self.vertex.edge()],
+                VertexOptions::new(name),
+            ),
             host: None,
         }
     }
@@ -349,7 +372,11 @@ impl Directory {
         let name = (self.label.clone()).unwrap_or_else(|| format!("{} {path}", self.step()));
         File {
             engine: self.engine.clone(),
-            vertex: Vertex::new(Arc::new(op), vec![self.vertex.edge()], VertexOptions::new(name)),
+            vertex: Vertex::new(
+                Arc::new(op),
+                vec![self.vertex.edge()],
+                VertexOptions::new(name),
+            ),
         }
     }
 
@@ -417,7 +444,11 @@ impl File {
     pub async fn contents(&self) -> Result<String, EngineError> {
         let local = self.local().await?;
         String::from_utf8(local.read()?).map_err(|_| EngineError::Invalid {
-            what: format!("step {:?}: {}", self.vertex.id().name(), local.path.display()),
+            what: format!(
+                "step {:?}: {}",
+                self.vertex.id().name(),
+                local.path.display()
+            ),
             reason: "the file is not UTF-8 text; read it with contents_bytes".into(),
         })
     }
@@ -600,8 +631,17 @@ impl Container {
             spec,
         };
         // The container, then the mounted directories and files (their keys are the exec's).
-        let mounted = self.spec.mounts.iter().filter_map(|(_, m)| m.edge().cloned());
-        let inputs = self.vertex.iter().map(Vertex::edge).chain(mounted).collect();
+        let mounted = self
+            .spec
+            .mounts
+            .iter()
+            .filter_map(|(_, m)| m.edge().cloned());
+        let inputs = self
+            .vertex
+            .iter()
+            .map(Vertex::edge)
+            .chain(mounted)
+            .collect();
         let mut c = self.clone();
         let options = VertexOptions::new(name).ignore_cache(self.engine.ignore_cache);
         c.vertex = Some(Vertex::new(Arc::new(op), inputs, options));
@@ -701,7 +741,11 @@ impl Container {
     /// Writes a file of content `contents` (mode 0644) at `path` (relative paths are in the
     /// working directory), as a new snapshot. The key holds the content's digest: another
     /// content gives another key, and so reruns later execs.
-    pub fn with_new_file(&self, path: impl Into<String>, contents: impl Into<Vec<u8>>) -> Container {
+    pub fn with_new_file(
+        &self,
+        path: impl Into<String>,
+        contents: impl Into<Vec<u8>>,
+    ) -> Container {
         self.with_new_file_permissions(path, contents, 0o644)
     }
 
@@ -772,7 +816,11 @@ impl Container {
     /// filesystem: each exec sees a fresh read-write copy, so what it writes there changes
     /// neither the directory's source nor the exec's committed result. The directory's key
     /// is part of each later exec's key.
-    pub fn with_mounted_directory(&self, path: impl Into<String>, directory: &Directory) -> Container {
+    pub fn with_mounted_directory(
+        &self,
+        path: impl Into<String>,
+        directory: &Directory,
+    ) -> Container {
         self.with_mount(path.into(), Mounted::Directory(directory.vertex.edge()))
     }
 
@@ -811,7 +859,9 @@ impl Container {
         self.directory("/")
     }
 
-    /// The directory `path` of the container's filesystem.
+    /// The directory `path` of the container's filesystem (symlinks are followed inside the
+    /// container). Mounts are not part of the filesystem: under a mount point it is what the
+    /// snapshot holds there.
     pub fn directory(&self, path: impl Into<String>) -> Directory {
         let path = path.into();
         let op = ContainerDirOp { path: path.clone() };

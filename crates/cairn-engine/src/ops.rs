@@ -337,7 +337,13 @@ impl CopyOp {
                     what: active.clone(),
                     reason: "prepared snapshot has no writable directory".into(),
                 })?;
-            let dest = upper.join(self.path.trim_start_matches('/'));
+            // Symlinked directories of the image (`/bin` -> `usr/bin`) are followed.
+            let lowers = mounts
+                .first()
+                .map(cairn_snapshot::Mount::lower_dirs)
+                .unwrap_or_default();
+            let path = crate::files::resolve_in_layers(&lowers, &self.path, true);
+            let dest = upper.join(path.trim_start_matches('/'));
             self.engine.materialize(&dir, &dest).await?;
             match snapshots.commit(&name, &active, &BTreeMap::new()) {
                 Ok(()) => Ok::<(), EngineError>(()),

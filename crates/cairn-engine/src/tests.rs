@@ -108,3 +108,17 @@ fn output_masks_secret_values() {
     let r = spec().redactor();
     assert_eq!(r.mask("token is hunter2-value!\n"), "token is ***!\n");
 }
+
+#[test]
+fn mounts_enter_the_key_and_their_absence_keeps_old_keys() {
+    use crate::files::Mounted;
+    // Without mounts the description has no mount field: keys of existing execs stay.
+    assert!(spec().describe().fields().all(|(n, _)| n != "mounts"));
+    let base = key(&spec());
+    let mut temp = spec();
+    temp.mounts.push(("/tmp".into(), Mounted::Temp));
+    assert_ne!(base, key(&temp));
+    let mut elsewhere = spec();
+    elsewhere.mounts.push(("/scratch".into(), Mounted::Temp));
+    assert_ne!(key(&temp), key(&elsewhere));
+}
