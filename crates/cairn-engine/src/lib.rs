@@ -40,6 +40,8 @@ mod cache;
 mod error;
 mod fs;
 mod ops;
+mod publish;
+pub use publish::Published;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -55,6 +57,8 @@ pub use cairn_solver::{
 };
 pub use error::{EngineError, ErrorKind};
 pub use ops::{CacheSharing, DirSource, ImageState};
+pub use cairn_images::CommitOptions;
+pub use cairn_oci::LayerCompression;
 
 use crate::ops::{ContainerDirOp, CopyOp, ExecOp, ExecSpec, FromOp, HostDirOp, SecretValue};
 
@@ -139,6 +143,7 @@ impl Engine {
             label: None,
             vertex: None,
             spec: ExecSpec::default(),
+            image: publish::ImageSettings::default(),
         }
     }
 
@@ -415,6 +420,8 @@ pub struct Container {
     label: Option<String>,
     vertex: Option<Vertex<Output>>,
     spec: ExecSpec,
+    /// Image configuration set on the container (entrypoint, labels …): not in any key.
+    image: publish::ImageSettings,
 }
 
 impl Container {

@@ -1,5 +1,6 @@
 //! cairn's image service: pull images from OCI registries into a local store, list them,
-//! remove them and export their root filesystems.
+//! remove them and export their root filesystems; make images of snapshot chains
+//! ([`Store::commit_image`]) and push images ([`Store::push`]).
 //!
 //! A store is one directory:
 //!
@@ -35,12 +36,15 @@
 #![deny(missing_docs)]
 
 mod error;
+mod publish;
 mod pull;
 mod store;
 pub mod worker;
 
 pub use error::{ErrorKind, ImagesError};
+pub use publish::{CommitOptions, ImageSpec, ALIAS_LABEL};
 pub use pull::PullProgress;
+pub use cairn_registry::{PushBlob, PushReport};
 pub use store::{default_root, ImageRecord, Store, StoreOptions, LEASE_LABEL};
 pub use worker::HelperProgram;
 
