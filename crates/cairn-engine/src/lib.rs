@@ -51,14 +51,14 @@ use cairn_images::{Store, StoreOptions};
 use cairn_solver::{Edge, Solver, Vertex, VertexOptions};
 use serde::{Deserialize, Serialize};
 
+pub use cairn_images::CommitOptions;
+pub use cairn_oci::LayerCompression;
 pub use cairn_runtime::Network;
 pub use cairn_solver::{
     CancellationToken, Event, EventKind, LogStream, SolveError, SolveOptions, VertexId,
 };
 pub use error::{EngineError, ErrorKind};
 pub use ops::{CacheSharing, DirSource, ImageState};
-pub use cairn_images::CommitOptions;
-pub use cairn_oci::LayerCompression;
 
 use crate::ops::{ContainerDirOp, CopyOp, ExecOp, ExecSpec, FromOp, HostDirOp, SecretValue};
 

@@ -41,10 +41,10 @@ mod pull;
 mod store;
 pub mod worker;
 
+pub use cairn_registry::{PushBlob, PushReport};
 pub use error::{ErrorKind, ImagesError};
 pub use publish::{CommitOptions, ImageSpec, ALIAS_LABEL};
 pub use pull::PullProgress;
-pub use cairn_registry::{PushBlob, PushReport};
 pub use store::{default_root, ImageRecord, Store, StoreOptions, LEASE_LABEL};
 pub use worker::HelperProgram;
 

@@ -312,8 +312,7 @@ impl Store {
         ) else {
             return Ok(None);
         };
-        let (Ok(digest), Ok(diff_id)) = (layer.parse::<Digest>(), diff_id.parse::<Digest>())
-        else {
+        let (Ok(digest), Ok(diff_id)) = (layer.parse::<Digest>(), diff_id.parse::<Digest>()) else {
             return Ok(None);
         };
         let Ok(Some(size)) = self.content().size(&digest) else {
@@ -322,13 +321,13 @@ impl Store {
         };
         // The media type is read off the blob: gzip and zstd have magic numbers, tar has none.
         let mut magic = [0u8; 4];
-        let mut file = self
-            .content()
-            .open_blob(&digest)
-            .map_err(|source| ImagesError::Content {
-                context: format!("layer of snapshot {}", info.name),
-                source,
-            })?;
+        let mut file =
+            self.content()
+                .open_blob(&digest)
+                .map_err(|source| ImagesError::Content {
+                    context: format!("layer of snapshot {}", info.name),
+                    source,
+                })?;
         let n = file.read(&mut magic).unwrap_or(0);
         let compression = match &magic[..n] {
             [0x1f, 0x8b, ..] => LayerCompression::Gzip,
@@ -387,7 +386,10 @@ impl Store {
         }
 
         let layers = self.snapshots().layer_dirs(name)?;
-        let upper = layers.last().cloned().expect("a snapshot has its own directory");
+        let upper = layers
+            .last()
+            .cloned()
+            .expect("a snapshot has its own directory");
         let tmp_dir = self.root().join("tmp");
         std::fs::create_dir_all(&tmp_dir).map_err(|e| ImagesError::Store {
             path: tmp_dir.clone(),
@@ -402,14 +404,14 @@ impl Store {
             source_date_epoch: options.source_date_epoch,
         };
         let result = (|| -> Result<PackedLayer, ImagesError> {
-            let packed = self
-                .inner
-                .worker
-                .pack(request)?
-                .map_err(|message| ImagesError::Publish {
-                    snapshot: name.to_owned(),
-                    message,
-                })?;
+            let packed =
+                self.inner
+                    .worker
+                    .pack(request)?
+                    .map_err(|message| ImagesError::Publish {
+                        snapshot: name.to_owned(),
+                        message,
+                    })?;
             if packed.entries > 0 {
                 self.ingest_file(&out, &packed.digest, packed.size)?;
             }

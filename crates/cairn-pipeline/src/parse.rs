@@ -21,8 +21,20 @@ type Edges = BTreeMap<String, Deps>;
 
 const TOP_KEYS: &[&str] = &["secrets", "steps", "exports"];
 const STEP_KEYS: &[&str] = &[
-    "image", "from", "run", "env", "workdir", "user", "inputs", "caches", "secrets", "network",
-    "publish", "entrypoint", "cmd", "labels",
+    "image",
+    "from",
+    "run",
+    "env",
+    "workdir",
+    "user",
+    "inputs",
+    "caches",
+    "secrets",
+    "network",
+    "publish",
+    "entrypoint",
+    "cmd",
+    "labels",
 ];
 const INPUT_KEYS: &[&str] = &["host", "step", "path", "to", "include", "exclude"];
 const HOST_INPUT_KEYS: &[&str] = &["host", "to", "include", "exclude"];

@@ -470,7 +470,10 @@ impl RegistryClient {
     }
 
     /// The client for `reference`'s registry, set up on first use.
-    pub(crate) async fn host(&self, reference: &ImageReference) -> Result<Arc<Host>, RegistryError> {
+    pub(crate) async fn host(
+        &self,
+        reference: &ImageReference,
+    ) -> Result<Arc<Host>, RegistryError> {
         let registry = reference.registry();
         let mut hosts = self.inner.hosts.lock().await;
         if let Some(host) = hosts.get(registry) {

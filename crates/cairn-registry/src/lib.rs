@@ -48,7 +48,7 @@ mod push;
 mod retry;
 
 pub use client::{BlobSink, RegistryClient, ResolvedImage, MAX_IN_MEMORY_BLOB, MAX_MANIFEST_SIZE};
-pub use push::{PushBlob, PushReport};
 pub use config::{RegistryConfig, INSECURE_REGISTRIES_ENV};
 pub use error::{BoxError, ErrorKind, RegistryError};
+pub use push::{PushBlob, PushReport};
 pub use retry::RetryPolicy;

@@ -117,12 +117,13 @@ impl RegistryClient {
             }
         }
 
-        let content_type: http::HeaderValue = media_type
-            .parse()
-            .map_err(|_| RegistryError::InvalidManifest {
-                reference: reference.to_string(),
-                reason: format!("media type {media_type:?} is not a header value"),
-            })?;
+        let content_type: http::HeaderValue =
+            media_type
+                .parse()
+                .map_err(|_| RegistryError::InvalidManifest {
+                    reference: reference.to_string(),
+                    reason: format!("media type {media_type:?} is not a header value"),
+                })?;
         let body = bytes::Bytes::copy_from_slice(manifest);
         self.with_retries(registry, "manifest upload", || async {
             host.client
@@ -171,11 +172,10 @@ impl RegistryClient {
                 if from == reference.repository() {
                     continue;
                 }
-                let source: oci_client::Reference =
-                    match format!("{registry}/{from}").parse() {
-                        Ok(r) => r,
-                        Err(_) => continue,
-                    };
+                let source: oci_client::Reference = match format!("{registry}/{from}").parse() {
+                    Ok(r) => r,
+                    Err(_) => continue,
+                };
                 match host
                     .client
                     .mount_blob(image, &source, blob.digest.as_str())
@@ -221,8 +221,7 @@ impl RegistryClient {
 /// The file as a stream of 1 MiB chunks.
 fn file_stream(
     file: tokio::fs::File,
-) -> impl futures_util::Stream<Item = Result<bytes::Bytes, OciDistributionError>> + Send + 'static
-{
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, OciDistributionError>> + Send + 'static {
     stream::try_unfold(file, |mut file| async move {
         let mut buf = vec![0u8; 1 << 20];
         let n = file.read(&mut buf).await?;

@@ -21,8 +21,8 @@
 
 pub mod apply;
 pub mod flatten;
-pub mod pack;
 mod overlay;
+pub mod pack;
 mod rootless_xattr;
 
 use std::collections::BTreeMap;

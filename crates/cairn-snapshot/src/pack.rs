@@ -132,7 +132,8 @@ pub fn pack_layer<W: Write + Send>(
             (entries, diff_id, gz.finish().map_err(PackError::Write)?)
         }
         LayerCompression::Zstd => {
-            let mut enc = zstd::stream::write::Encoder::new(counted, 3).map_err(PackError::Write)?;
+            let mut enc =
+                zstd::stream::write::Encoder::new(counted, 3).map_err(PackError::Write)?;
             enc.multithread(workers()).map_err(PackError::Write)?;
             enc.include_checksum(false).map_err(PackError::Write)?;
             let (entries, diff_id, enc) = write_tar(upper, opts, enc)?;
@@ -699,7 +700,10 @@ mod tests {
             let (first, plain) = pack(&upper, xattrs, LayerCompression::None);
             let (second, _) = pack(&upper, xattrs, LayerCompression::None);
             assert_eq!(first, second, "same tree, same digest");
-            assert_eq!(first.digest, first.diff_id, "uncompressed: digest is diff id");
+            assert_eq!(
+                first.digest, first.diff_id,
+                "uncompressed: digest is diff id"
+            );
             let got = entries(&plain);
             let names: Vec<&str> = got.iter().map(|e| e.0.as_str()).collect();
             assert_eq!(
@@ -788,7 +792,12 @@ mod tests {
         assert_eq!(
             seen,
             [
-                ("d/".to_owned(), nix::unistd::getuid().as_raw() as u64, me, vec![]),
+                (
+                    "d/".to_owned(),
+                    nix::unistd::getuid().as_raw() as u64,
+                    me,
+                    vec![]
+                ),
                 ("d/.wh.gone".to_owned(), 0, 0, vec![]),
                 (
                     "d/owned".to_owned(),
