@@ -254,6 +254,17 @@ impl<W: Write> Packer<'_, W> {
                 match rest {
                     b"opaque" => attrs.opaque = value == b"y",
                     b"whiteout" => attrs.whiteout = true,
+                    // A renamed directory or a metadata-only copy-up keeps its content in a
+                    // lower layer: the upper directory alone does not describe the change.
+                    // (Mounted with redirect_dir and metacopy off, as the kernel defaults, this
+                    // never happens; refusing beats writing a layer that lacks the files.)
+                    b"redirect" | b"metacopy" => {
+                        return Err(PackError::Read {
+                            action: "pack (overlay redirect or metacopy entry, whose content lives in a lower layer)",
+                            path: path.to_owned(),
+                            source: io::Error::from(io::ErrorKind::Unsupported),
+                        })
+                    }
                     _ => {}
                 }
                 continue;
