@@ -1,7 +1,7 @@
 //! Publishing, end to end, as root and as a plain user with subordinate ids: a pipeline builds
 //! on the busybox fixture, adds files, removes a file the base image has, sets an entrypoint
 //! and publishes to the fixture registry. Then tools nobody here wrote look at the result:
-//! `skopeo inspect` reads the config, `podman run` (as root) sees the files and runs the
+//! `skopeo inspect` reads the config, `podman run` (as the same identity) sees the files and runs the
 //! entrypoint, and `umoci unpack` of a `skopeo copy` matches `cairn export`. Pushing again
 //! uploads nothing; the same pipeline in another store gives the same layer digests.
 
@@ -90,10 +90,16 @@ fn skopeo_inspect(reference: &str, config: bool) -> Value {
     serde_json::from_str(&run(&mut cmd)).unwrap()
 }
 
-/// `podman run` as root: runc (crun cannot run on this host's hybrid cgroups) and explicit
-/// limits (root lacks CAP_SYS_RESOURCE here).
-fn podman_run(args: &[&str]) -> String {
-    let mut cmd = Command::new("podman");
+/// `podman run` as `who`, with its own storage under `dir`: runc (crun cannot run on this
+/// host's hybrid cgroups), explicit limits (root lacks CAP_SYS_RESOURCE here) and no network
+/// (slirp4netns needs /dev/net/tun, which plain users cannot open here).
+fn podman_run(who: Who, dir: &Path, runroot: &Path, args: &[&str]) -> String {
+    let mut cmd = who.command("podman");
+    cmd.env("XDG_RUNTIME_DIR", dir.join("xdg"))
+        .arg("--root")
+        .arg(dir.join("root"))
+        .arg("--runroot")
+        .arg(runroot);
     cmd.args([
         "run",
         "--rm",
@@ -155,17 +161,30 @@ fn publish_push_and_check_with_other_tools(who: Who) {
     assert_eq!(config["rootfs"]["diff_ids"].as_array().unwrap().len(), 3);
 
     // podman runs it: the entrypoint, the added files, not the removed one.
-    if matches!(who, Who::Root) {
-        let out = podman_run(&[&target, "one", "two"]);
+    {
+        let podman = cairn.dir("podman");
+        std::fs::create_dir_all(podman.join("xdg")).unwrap();
+        who.own(&podman);
+        // podman wants a run root of at most 50 characters.
+        let runroot = Path::new("/tmp").join(format!("cairn-pr-{run_id}"));
+        std::fs::create_dir_all(&runroot).unwrap();
+        who.own(&runroot);
+        let out = podman_run(who, &podman, &runroot, &[&target, "one", "two"]);
         assert_eq!(out, "entry:one two\nadded by cairn\n");
-        let out = podman_run(&[
-            "--entrypoint",
-            "sh",
-            &target,
-            "-c",
-            "cat /srv/data/gen.txt; test ! -e /etc/cairn-fixture && echo removed; \
+        let out = podman_run(
+            who,
+            &podman,
+            &runroot,
+            &[
+                "--entrypoint",
+                "sh",
+                &target,
+                "-c",
+                "cat /srv/data/gen.txt; test ! -e /etc/cairn-fixture && echo removed; \
                  test /srv/data/gen.txt -ef /srv/data/gen-link.txt && echo linked",
-        ]);
+            ],
+        );
+        let _ = std::fs::remove_dir_all(&runroot);
         assert_eq!(out, "generated\nremoved\nlinked\n");
     }
 
