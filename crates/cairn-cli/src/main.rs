@@ -56,6 +56,17 @@ enum Command {
         reference: Option<String>,
     },
     /// Remove an image reference; its layers stay until garbage collection.
+    /// Push an image of the store to its registry (or to DEST): only the blobs the registry
+    /// lacks, mounted from another repository of the same registry when possible.
+    Push {
+        /// The image, as `cairn images` lists it.
+        reference: String,
+        /// Where to push it (default: its own reference).
+        dest: Option<String>,
+        /// Print what moved as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     Rmi {
         /// Image reference or manifest digest.
         reference: String,
@@ -253,6 +264,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let image = store.import(&archive, reference.as_deref(), &()).await?;
             eprintln!("{}", image.reference);
             println!("{}", image.digest);
+        }
+        Command::Push {
+            reference,
+            dest,
+            json,
+        } => {
+            let report = store.push(&reference, dest.as_deref()).await?;
+            if json {
+                println!("{}", run::push_json(&report));
+            } else {
+                eprintln!("{}", run::push_summary(&report));
+                println!("{}", report.digest);
+            }
         }
         Command::Rmi { reference } => {
             let image = store.remove_image(&reference)?;

@@ -116,6 +116,16 @@ pub async fn run(options: cairn_images::StoreOptions, args: RunArgs) -> anyhow::
             Some(Command::Argv(argv)) => c.with_exec(argv.iter().cloned()),
             None => c,
         };
+        // Image configuration for `publish`: not part of any cache key.
+        if let Some(entrypoint) = &step.entrypoint {
+            c = c.with_entrypoint(entrypoint.iter().cloned());
+        }
+        if let Some(cmd) = &step.cmd {
+            c = c.with_default_args(cmd.iter().cloned());
+        }
+        for (k, v) in &step.labels {
+            c = c.with_label(k, v);
+        }
         containers.insert(step.name.clone(), c);
     }
 
@@ -176,6 +186,32 @@ pub async fn run(options: cairn_images::StoreOptions, args: RunArgs) -> anyhow::
                 export.step,
                 export.path,
                 export.to.display()
+            );
+        }
+    }
+    for step in &order {
+        let Some(reference) = &step.publish else {
+            continue;
+        };
+        if !ok.contains_key(step.name.as_str()) {
+            continue;
+        }
+        let published = containers[&step.name]
+            .publish_with(reference, &cairn_engine::CommitOptions::default())
+            .await
+            .with_context(|| format!("step {:?}: publish {reference}", step.name))?;
+        if args.progress == ProgressMode::Json {
+            let mut line = push_json(&published.push);
+            line["step"] = serde_json::json!(step.name);
+            line["reference"] = serde_json::json!(published.image.reference);
+            println!("{line}");
+        } else {
+            eprintln!(
+                "[{}] published {}@{}: {}",
+                step.name,
+                published.image.reference,
+                published.push.digest,
+                push_summary(&published.push)
             );
         }
     }
@@ -320,4 +356,26 @@ fn emit(
         }
         eprintln!("{text}");
     }
+}
+
+/// What a push moved, in one line for people.
+pub fn push_summary(report: &cairn_images::PushReport) -> String {
+    format!(
+        "{} blob(s) uploaded ({}), {} already there, {} mounted",
+        report.uploaded.len(),
+        crate::progress::human_bytes(report.uploaded_bytes()),
+        report.skipped.len(),
+        report.mounted.len()
+    )
+}
+
+/// What a push moved, as JSON.
+pub fn push_json(report: &cairn_images::PushReport) -> serde_json::Value {
+    serde_json::json!({
+        "digest": report.digest,
+        "uploaded": report.uploaded.iter().map(|(d, _)| d).collect::<Vec<_>>(),
+        "uploaded_bytes": report.uploaded_bytes(),
+        "skipped": report.skipped,
+        "mounted": report.mounted.iter().map(|(d, from)| serde_json::json!({"digest": d, "from": from})).collect::<Vec<_>>(),
+    })
 }

@@ -60,6 +60,8 @@ mod error;
 mod files;
 mod fs;
 mod ops;
+mod publish;
+pub use publish::Published;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -69,6 +71,8 @@ use cairn_images::{Store, StoreOptions};
 use cairn_solver::{Edge, Solver, Vertex, VertexOptions};
 use serde::{Deserialize, Serialize};
 
+pub use cairn_images::CommitOptions;
+pub use cairn_oci::LayerCompression;
 pub use cairn_runtime::Network;
 pub use cairn_solver::{
     CancellationToken, Event, EventKind, LogStream, SolveError, SolveOptions, VertexId,
@@ -164,6 +168,7 @@ impl Engine {
             label: None,
             vertex: None,
             spec: ExecSpec::default(),
+            image: publish::ImageSettings::default(),
         }
     }
 
@@ -572,6 +577,8 @@ pub struct Container {
     label: Option<String>,
     vertex: Option<Vertex<Output>>,
     spec: ExecSpec,
+    /// Image configuration set on the container (entrypoint, labels …): not in any key.
+    image: publish::ImageSettings,
 }
 
 impl Container {

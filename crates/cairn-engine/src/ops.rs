@@ -31,6 +31,21 @@ pub struct ImageState {
     pub workdir: String,
     /// The user; empty for root.
     pub user: String,
+    /// The entrypoint (`None`: none).
+    #[serde(default)]
+    pub entrypoint: Option<Vec<String>>,
+    /// The default arguments (`None`: none).
+    #[serde(default)]
+    pub cmd: Option<Vec<String>>,
+    /// OCI labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Exposed ports (`80/tcp`).
+    #[serde(default)]
+    pub exposed_ports: std::collections::BTreeSet<String>,
+    /// The digest of the image config it came from (platform and history of a publish).
+    #[serde(default)]
+    pub config: Option<String>,
 }
 
 /// How concurrent execs share one cache volume.
@@ -122,6 +137,19 @@ impl Op<Output> for FromOp {
                 env: c.env().clone().unwrap_or_default(),
                 workdir: c.working_dir().clone().unwrap_or_default(),
                 user: c.user().clone().unwrap_or_default(),
+                entrypoint: c.entrypoint().clone(),
+                cmd: c.cmd().clone(),
+                labels: c
+                    .labels()
+                    .clone()
+                    .map(|l| l.into_iter().collect())
+                    .unwrap_or_default(),
+                exposed_ports: c
+                    .exposed_ports()
+                    .clone()
+                    .map(|p| p.into_iter().collect())
+                    .unwrap_or_default(),
+                config: Some(image.config.to_string()),
             };
             Ok(vec![Output {
                 snapshot: image.top_snapshot.map(|d| d.as_str().to_owned()),
@@ -700,7 +728,7 @@ impl Captured {
     }
 }
 
-fn set_env(env: &mut Vec<String>, key: &str, value: &str) {
+pub(crate) fn set_env(env: &mut Vec<String>, key: &str, value: &str) {
     let prefix = format!("{key}=");
     env.retain(|e| !e.starts_with(&prefix) && e != key);
     env.push(format!("{key}={value}"));

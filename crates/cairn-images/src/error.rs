@@ -111,6 +111,14 @@ pub enum ImagesError {
         /// What is wrong.
         message: String,
     },
+    /// A snapshot could not be packed into a layer.
+    #[error("pack snapshot {snapshot} into a layer: {message}")]
+    Publish {
+        /// The snapshot at fault.
+        snapshot: String,
+        /// Why.
+        message: String,
+    },
     /// The metadata database failed.
     #[error("image metadata at {path}: {source}")]
     Database {

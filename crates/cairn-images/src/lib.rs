@@ -1,6 +1,7 @@
 //! cairn's image service: pull images from OCI registries into a local store, list them,
-//! remove them, export their root filesystems, and export and import image archives (OCI
-//! layouts, OCI archives, docker archives).
+//! remove them, export their root filesystems, export and import image archives (OCI
+//! layouts, OCI archives, docker archives), make images of snapshot chains
+//! ([`Store::commit_image`]) and push images ([`Store::push`]).
 //!
 //! A store is one directory:
 //!
@@ -37,12 +38,15 @@
 
 mod archive;
 mod error;
+mod publish;
 mod pull;
 mod store;
 pub mod worker;
 
 pub use archive::ArchiveFormat;
+pub use cairn_registry::{PushBlob, PushReport};
 pub use error::{ErrorKind, ImagesError};
+pub use publish::{CommitOptions, ImageSpec, ALIAS_LABEL};
 pub use pull::PullProgress;
 pub use store::{default_root, ImageRecord, Store, StoreOptions, LEASE_LABEL};
 pub use worker::HelperProgram;

@@ -331,6 +331,11 @@ impl Store {
             created: now(),
         };
         self.record_image(&record)?;
+        // Where these blobs live, so a push to another repository of this registry can
+        // mount them instead of uploading.
+        let mut blobs: Vec<Digest> = layers.iter().map(|(d, _, _)| d.clone()).collect();
+        blobs.push(record.config.clone());
+        self.record_blob_sources(reference.registry(), reference.repository(), &blobs)?;
         Ok(record)
     }
 

@@ -16,6 +16,7 @@ use cairn_oci::{Digest, LayerCompression};
 use cairn_runtime::{IdMapping, UsernsChild};
 use cairn_snapshot::apply::{apply_layer, ApplyOptions, OverlayXattrs};
 use cairn_snapshot::flatten::{flatten, ExportOwnership, FlattenOptions};
+use cairn_snapshot::pack::{pack_layer, PackOptions, PackedLayer};
 use serde::{Deserialize, Serialize};
 use tracing::debug;
 
@@ -94,9 +95,25 @@ pub struct FlattenRequest {
     pub to_caller: bool,
 }
 
+/// A request to pack an upper directory into a compressed layer blob.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PackRequest {
+    /// The snapshot's upper directory.
+    pub upper: PathBuf,
+    /// Where to write the blob (a new file).
+    pub out: PathBuf,
+    /// Overlay markers in `user.overlay.*` rather than `trusted.overlay.*`.
+    pub userxattr: bool,
+    /// The compression to write.
+    pub compression: Compression,
+    /// Clamp mtimes to this (`SOURCE_DATE_EPOCH`).
+    pub source_date_epoch: Option<u64>,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 enum Request {
     Apply(ApplyRequest),
+    Pack(PackRequest),
     Flatten(FlattenRequest),
     RemoveTree(PathBuf),
 }
@@ -104,6 +121,7 @@ enum Request {
 #[derive(Debug, Serialize, Deserialize)]
 enum Response {
     Applied(Applied),
+    Packed(PackedLayer),
     Done,
     Failed(String),
 }
@@ -112,6 +130,10 @@ fn run(request: Request) -> Response {
     match request {
         Request::Apply(r) => match do_apply(&r) {
             Ok(a) => Response::Applied(a),
+            Err(e) => Response::Failed(e),
+        },
+        Request::Pack(r) => match do_pack(&r) {
+            Ok(p) => Response::Packed(p),
             Err(e) => Response::Failed(e),
         },
         Request::Flatten(r) => match do_flatten(&r) {
@@ -149,6 +171,24 @@ fn do_apply(r: &ApplyRequest) -> Result<Applied, String> {
         skipped_devices: report.skipped_devices,
         squashed_owners: report.squashed_owners,
     })
+}
+
+fn do_pack(r: &PackRequest) -> Result<PackedLayer, String> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&r.out)
+        .map_err(|e| format!("create {}: {e}", r.out.display()))?;
+    let out = std::io::BufWriter::with_capacity(1 << 20, file);
+    let opts = PackOptions {
+        xattrs: xattrs(r.userxattr),
+        source_date_epoch: r.source_date_epoch,
+    };
+    let packed = pack_layer(&r.upper, &opts, r.compression.into(), out).map_err(|e| e.to_string());
+    if packed.is_err() {
+        let _ = std::fs::remove_file(&r.out);
+    }
+    packed
 }
 
 fn do_flatten(r: &FlattenRequest) -> Result<(), String> {
@@ -262,7 +302,7 @@ impl Worker {
         match self.call(Request::Apply(request))? {
             Response::Applied(a) => Ok(Ok(a)),
             Response::Failed(e) => Ok(Err(e)),
-            Response::Done => Err(ImagesError::Helper("unexpected answer to apply".into())),
+            _ => Err(ImagesError::Helper("unexpected answer to apply".into())),
         }
     }
 
@@ -271,7 +311,18 @@ impl Worker {
         match self.call(Request::Flatten(request))? {
             Response::Done => Ok(Ok(())),
             Response::Failed(e) => Ok(Err(e)),
-            Response::Applied(_) => Err(ImagesError::Helper("unexpected answer to flatten".into())),
+            _ => Err(ImagesError::Helper("unexpected answer to flatten".into())),
+        }
+    }
+
+    /// Packs an upper directory into a compressed layer blob (in the store's user namespace,
+    /// so owners read as the container's ids).
+    pub fn pack(&self, request: PackRequest) -> Result<Result<PackedLayer, String>, ImagesError> {
+        debug!(upper = %request.upper.display(), "pack layer");
+        match self.call(Request::Pack(request))? {
+            Response::Packed(p) => Ok(Ok(p)),
+            Response::Failed(e) => Ok(Err(e)),
+            _ => Err(ImagesError::Helper("unexpected answer to pack".into())),
         }
     }
 
@@ -288,7 +339,7 @@ impl Worker {
         match self.call(Request::RemoveTree(path.to_owned())) {
             Ok(Response::Done) => Ok(()),
             Ok(Response::Failed(e)) => Err(std::io::Error::other(e)),
-            Ok(Response::Applied(_)) => Err(std::io::Error::other("unexpected answer to remove")),
+            Ok(_) => Err(std::io::Error::other("unexpected answer to remove")),
             Err(e) => Err(std::io::Error::other(e.to_string())),
         }
     }

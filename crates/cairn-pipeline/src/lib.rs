@@ -18,7 +18,10 @@
 //! caches = [ { name = "cargo", to = "/root/.cargo", sharing = "locked" } ]
 //! secrets = [ { name = "token", env = "TOKEN" }, { name = "token", file = "/run/secrets/t" } ]
 //! network = "none"                              # host (default) | none
-//! publish = "127.0.0.1:5117/out/app:latest"
+//! publish = "127.0.0.1:5117/out/app:latest"       # pushed after the run, with:
+//! entrypoint = ["/usr/local/bin/app"]
+//! cmd = ["--help"]
+//! labels = { "org.opencontainers.image.source" = "https://example.com/app" }
 //!
 //! [steps.test]
 //! from = "build"                                # continue from the result of `build`
@@ -103,6 +106,12 @@ pub struct Step {
     pub network: Network,
     /// An image reference to push the step's result to (parsed and kept, not checked).
     pub publish: Option<String>,
+    /// The entrypoint of the published image (an argv array).
+    pub entrypoint: Option<Vec<String>>,
+    /// The default arguments of the published image (an argv array).
+    pub cmd: Option<Vec<String>>,
+    /// OCI labels of the published image.
+    pub labels: BTreeMap<String, String>,
     /// 1-based line of the step's name in the file.
     pub line: usize,
 }
@@ -399,6 +408,9 @@ to = "dist"
             ],
             network: Network::None,
             publish: Some("127.0.0.1:5117/out/app:latest".into()),
+            entrypoint: None,
+            cmd: None,
+            labels: BTreeMap::new(),
             line: 9,
         };
         assert_eq!(p.steps["build"], build);

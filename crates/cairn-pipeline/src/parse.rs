@@ -21,8 +21,20 @@ type Edges = BTreeMap<String, Deps>;
 
 const TOP_KEYS: &[&str] = &["secrets", "steps", "exports"];
 const STEP_KEYS: &[&str] = &[
-    "image", "from", "run", "env", "workdir", "user", "inputs", "caches", "secrets", "network",
+    "image",
+    "from",
+    "run",
+    "env",
+    "workdir",
+    "user",
+    "inputs",
+    "caches",
+    "secrets",
+    "network",
     "publish",
+    "entrypoint",
+    "cmd",
+    "labels",
 ];
 const INPUT_KEYS: &[&str] = &["host", "step", "path", "to", "include", "exclude"];
 const HOST_INPUT_KEYS: &[&str] = &["host", "to", "include", "exclude"];
@@ -345,6 +357,31 @@ impl StepReader<'_> {
             .map(|v| at.absolute("workdir", v))
             .transpose()?;
         let (user, publish) = (at.optional(table, "user")?, at.optional(table, "publish")?);
+        let argv = |key: &'static str| -> Result<Option<Vec<String>>> {
+            match table.get(key) {
+                None => Ok(None),
+                Some(v) => {
+                    let items = at.strings(key, v)?;
+                    if key == "entrypoint" && items.is_empty() {
+                        return Err(at.err(v.span(), Problem::Empty(key)));
+                    }
+                    Ok(Some(items))
+                }
+            }
+        };
+        let (entrypoint, cmd) = (argv("entrypoint")?, argv("cmd")?);
+        let mut labels = BTreeMap::new();
+        if let Some(table) = table.get("labels") {
+            for (key, value) in at.table("labels", table)? {
+                if key.get_ref().is_empty() {
+                    return Err(at.err(key.span(), Problem::Empty("labels")));
+                }
+                labels.insert(
+                    key.get_ref().to_string(),
+                    at.any_string(key.get_ref(), value)?,
+                );
+            }
+        }
         let inputs = self.list(table, "inputs", Self::input)?;
         let caches = self.list(table, "caches", Self::cache)?;
         let secrets = self.list(table, "secrets", Self::secret_use)?;
@@ -360,6 +397,9 @@ impl StepReader<'_> {
             secrets,
             network,
             publish,
+            entrypoint,
+            cmd,
+            labels,
             line: self.at.cx.line(&name.span()),
         };
         Ok((step, self.deps))
@@ -641,6 +681,27 @@ inputs = ["src"]
 image = "i"
 user = 1000
 => 3: step "a": "user" must be a string, found integer
+---
+[steps.a]
+image = "i"
+publish = "r"
+entrypoint = "/bin/app"
+=> 4: step "a": "entrypoint" must be an array, found string
+---
+[steps.a]
+image = "i"
+entrypoint = []
+=> 3: step "a": "entrypoint" must not be empty
+---
+[steps.a]
+image = "i"
+cmd = ["x", 2]
+=> 3: step "a": "cmd" must be a string, found integer
+---
+[steps.a]
+image = "i"
+labels = { a = 1 }
+=> 3: step "a": "a" must be a string, found integer
 ---
 exports = { step = "a" }
 => 1: "exports" must be an array, found table

@@ -1,4 +1,4 @@
-//! The registry client: resolving references and fetching blobs.
+//! The registry client: resolving references and fetching blobs (pushing is in `push.rs`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -75,13 +75,13 @@ struct Inner {
 }
 
 /// One registry host: its client and the credentials it was set up with.
-struct Host {
-    client: oci_client::Client,
-    auth: RegistryAuth,
+pub(crate) struct Host {
+    pub(crate) client: oci_client::Client,
+    pub(crate) auth: RegistryAuth,
 }
 
 impl Host {
-    fn with_credentials(&self) -> bool {
+    pub(crate) fn with_credentials(&self) -> bool {
         self.auth != RegistryAuth::Anonymous
     }
 }
@@ -470,7 +470,10 @@ impl RegistryClient {
     }
 
     /// The client for `reference`'s registry, set up on first use.
-    async fn host(&self, reference: &ImageReference) -> Result<Arc<Host>, RegistryError> {
+    pub(crate) async fn host(
+        &self,
+        reference: &ImageReference,
+    ) -> Result<Arc<Host>, RegistryError> {
         let registry = reference.registry();
         let mut hosts = self.inner.hosts.lock().await;
         if let Some(host) = hosts.get(registry) {
@@ -498,6 +501,9 @@ impl RegistryClient {
             connect_timeout: Some(config.connect_timeout),
             read_timeout: Some(config.read_timeout),
             user_agent: config.user_agent,
+            // Pushes stream each blob in one PUT: no per-chunk round trips, and a blob
+            // that fails is sent again whole (blobs already there are skipped before).
+            use_monolithic_push: true,
             ..ClientConfig::default()
         })
         .map_err(|e| RegistryError::HttpClient {
@@ -518,7 +524,7 @@ impl RegistryClient {
 
     /// Runs `op` until it succeeds, fails for good, or has failed transiently
     /// `max_attempts` times.
-    async fn with_retries<T, F, Fut>(
+    pub(crate) async fn with_retries<T, F, Fut>(
         &self,
         registry: &str,
         what: &str,

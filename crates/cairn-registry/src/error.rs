@@ -182,6 +182,17 @@ pub enum RegistryError {
         #[source]
         source: std::io::Error,
     },
+    /// A blob to push could not be read from its local file.
+    #[error("cannot read blob {digest} from {}: {source}", path.display())]
+    PushSource {
+        /// The blob.
+        digest: Digest,
+        /// The file it was read from.
+        path: std::path::PathBuf,
+        /// The read error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The category of a [`RegistryError`], for callers that branch on it.
@@ -225,7 +236,7 @@ impl RegistryError {
             RegistryError::DockerConfig { .. }
             | RegistryError::Rejected { .. }
             | RegistryError::HttpClient { .. } => ErrorKind::InvalidInput,
-            RegistryError::Sink { .. } => ErrorKind::Io,
+            RegistryError::Sink { .. } | RegistryError::PushSource { .. } => ErrorKind::Io,
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The pull side of the OCI distribution API, on top of `oci-client`: resolving an image
+//! The OCI distribution API (pull, and push through [`RegistryClient::push_image`]), on top of `oci-client`: resolving an image
 //! reference to a manifest for one platform, and streaming blobs, with the credentials of
 //! Docker's `config.json`, digest verification of everything received, and retries with
 //! resumption on transient failures.
@@ -44,9 +44,11 @@ mod client;
 mod config;
 mod error;
 mod manifest;
+mod push;
 mod retry;
 
 pub use client::{BlobSink, RegistryClient, ResolvedImage, MAX_IN_MEMORY_BLOB, MAX_MANIFEST_SIZE};
 pub use config::{RegistryConfig, INSECURE_REGISTRIES_ENV};
 pub use error::{BoxError, ErrorKind, RegistryError};
+pub use push::{PushBlob, PushReport};
 pub use retry::RetryPolicy;

@@ -14,13 +14,15 @@
 //! Running a container is the same with a different ending: prepare on top of the image's top
 //! snapshot, mount what `prepare` returned, run, then remove (or commit) the active snapshot.
 //! [`flatten::flatten`] merges a chain into a plain directory without mounting anything, which is
-//! what `cairn export` writes.
+//! what `cairn export` writes. [`pack::pack_layer`] goes the other way: an upper directory back
+//! into an OCI layer, which is how a container's changes become an image.
 
 #![deny(missing_docs)]
 
 pub mod apply;
 pub mod flatten;
 mod overlay;
+pub mod pack;
 mod rootless_xattr;
 
 use std::collections::BTreeMap;
