@@ -572,6 +572,41 @@ fn engine_container_import() {
             .from(format!("oci-archive:{}", oci_tar.display()))
             .with_exec(["true"]);
         from.sync().await.unwrap();
+        // Container::export: a container's state as an image archive, which skopeo reads and
+        // another store imports and runs, with the file the exec wrote and the entrypoint set.
+        let built = engine
+            .container()
+            .from(&reference)
+            .with_exec(["sh", "-c", "echo exported > /exported.txt"])
+            .with_entrypoint(["cat", "/exported.txt"]);
+        let exported = cairn.dir("exported.tar");
+        let digest = built.export(&exported).await.unwrap();
+        let inspect = std::process::Command::new("skopeo")
+            .args(["inspect", "--raw"])
+            .arg(format!("oci-archive:{}", exported.display()))
+            .output()
+            .unwrap();
+        assert!(inspect.status.success(), "{inspect:?}");
+        let raw = String::from_utf8_lossy(&inspect.stdout);
+        let manifest_digest = format!(
+            "sha256:{:x}",
+            <sha2::Sha256 as sha2::Digest>::digest(raw.as_bytes())
+        );
+        assert_eq!(manifest_digest, digest.to_string(), "{raw}");
+        let other = Cairn::new(Who::Root);
+        let out = other.ok(&["exec", &format!("oci-archive:{}", exported.display())]);
+        assert_eq!(out, "exported\n");
+        let layout = cairn.dir("exported-layout");
+        built
+            .export_with(
+                &layout,
+                "localhost/e2e/exported:v1",
+                cairn_engine::ArchiveFormat::OciLayout,
+                &Default::default(),
+            )
+            .await
+            .unwrap();
+        assert!(layout.join("index.json").is_file());
         let err = engine
             .container()
             .import(cairn.dir("missing.tar"))

@@ -71,7 +71,7 @@ use cairn_images::{Store, StoreOptions};
 use cairn_solver::{Edge, Solver, Vertex, VertexOptions};
 use serde::{Deserialize, Serialize};
 
-pub use cairn_images::CommitOptions;
+pub use cairn_images::{ArchiveFormat, CommitOptions};
 pub use cairn_oci::LayerCompression;
 pub use cairn_runtime::Network;
 pub use cairn_solver::{

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use cairn_images::{CommitOptions, ImageSpec, PushReport};
+use cairn_images::{ArchiveFormat, CommitOptions, ImageSpec, PushReport};
 use cairn_oci::Digest;
 
 use crate::ops::set_env;
@@ -103,6 +103,38 @@ impl Container {
             .commit_image(reference, output.snapshot.as_deref(), &spec, options)
             .await?;
         Ok(image)
+    }
+
+    /// Solves the container and writes it to the host as an image archive: an OCI archive
+    /// (a tar of an OCI layout, as Dagger's `export` writes), its image named
+    /// `localhost/cairn-export:latest`. See [`Container::export_with`] for the other formats.
+    pub async fn export(&self, path: impl AsRef<std::path::Path>) -> Result<Digest, EngineError> {
+        self.export_with(
+            path,
+            "localhost/cairn-export:latest",
+            ArchiveFormat::OciArchive,
+            &CommitOptions::default(),
+        )
+        .await
+    }
+
+    /// Solves the container, records it in the store as the image `reference` and writes that
+    /// image to `path` as `format` (an OCI layout directory, an OCI archive or a docker
+    /// archive, which `podman load` and `cairn import` read). `path` appears complete or not
+    /// at all. Returns the manifest digest.
+    pub async fn export_with(
+        &self,
+        path: impl AsRef<std::path::Path>,
+        reference: &str,
+        format: ArchiveFormat,
+        options: &CommitOptions,
+    ) -> Result<Digest, EngineError> {
+        let image = self.commit_image(reference, options).await?;
+        self.engine
+            .store()
+            .export_archive(&image.reference, format, path.as_ref())
+            .await?;
+        Ok(image.digest)
     }
 
     /// The image configuration: the image's, then what this container set.

@@ -249,14 +249,20 @@ impl Store {
             self.unpack_layer_of(&name, &parts, i, progress, &mut skipped)
                 .await?;
         }
-        self.finish_image(
+        // Where these blobs live, so a push to another repository of this registry can
+        // mount them instead of uploading.
+        let mut blobs: Vec<Digest> = parts.layers.iter().map(|(d, _, _)| d.clone()).collect();
+        blobs.push(parts.config_digest.clone());
+        let record = self.finish_image(
             name,
             resolved.manifest_digest.clone(),
             resolved.manifest_media_type.clone(),
             resolved.manifest_bytes.len() as u64,
             parts,
             skipped,
-        )
+        )?;
+        self.record_blob_sources(reference.registry(), reference.repository(), &blobs)?;
+        Ok(record)
     }
 
     /// Unpacks layer `i` of an image whose blobs are in the content store (the step that pull
@@ -331,11 +337,6 @@ impl Store {
             created: now(),
         };
         self.record_image(&record)?;
-        // Where these blobs live, so a push to another repository of this registry can
-        // mount them instead of uploading.
-        let mut blobs: Vec<Digest> = layers.iter().map(|(d, _, _)| d.clone()).collect();
-        blobs.push(record.config.clone());
-        self.record_blob_sources(reference.registry(), reference.repository(), &blobs)?;
         Ok(record)
     }
 
