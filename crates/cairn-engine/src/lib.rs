@@ -38,6 +38,7 @@
 
 mod cache;
 mod error;
+mod explain;
 mod fs;
 mod ops;
 
@@ -54,6 +55,7 @@ pub use cairn_solver::{
     CancellationToken, Event, EventKind, LogStream, SolveError, SolveOptions, VertexId,
 };
 pub use error::{EngineError, ErrorKind};
+pub use explain::{KeyLog, StepFingerprint, StepHistory};
 pub use ops::{CacheSharing, DirSource, ImageState};
 
 use crate::ops::{ContainerDirOp, CopyOp, ExecOp, ExecSpec, FromOp, HostDirOp, SecretValue};
