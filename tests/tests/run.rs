@@ -22,6 +22,7 @@ cairn_e2e::identity_tests!(
     concurrent_runs_share_one_store,
     explain_names_what_changed,
     tty_progress_under_a_pty,
+    regression_deep_step_chain_lowerdir_over_fsconfig_limit,
 );
 
 const SECRET: &str = "e2e-secret-Zq8x1T";
@@ -683,4 +684,32 @@ run = "echo broken-tail-line >&2; exit 4"
     assert!(!stderr.contains("\x1b["), "{stderr:?}");
     assert!(stderr.contains("[fetch] cached"), "{stderr}");
     assert!(stderr.contains("[broken] failed"), "{stderr}");
+}
+
+/// Regression: a chain of more than about five steps failed with "failed to prepare rootfs":
+/// the overlay's `lowerdir=` list passed 255 bytes, the most `fsconfig` takes in one value.
+fn regression_deep_step_chain_lowerdir_over_fsconfig_limit(who: Who) {
+    let cairn = Cairn::new(who);
+    let ci = cairn.dir("ci");
+    fs::create_dir_all(&ci).unwrap();
+    let image = fixtures().image("busybox:latest");
+    let mut text = String::new();
+    for n in 1..=12 {
+        match n {
+            1 => text += &format!("[steps.s{n}]\nimage = \"{image}\"\n"),
+            _ => text += &format!("[steps.s{n}]\nfrom = \"s{}\"\n", n - 1),
+        }
+        text += &format!("run = \"echo s{n} >> /chain; wc -l < /chain\"\n\n");
+    }
+    let file = ci.join("chain.toml");
+    fs::write(&file, text).unwrap();
+    who.own(&ci);
+    let (out, events) = run(&cairn, &file);
+    assert!(out.status.success(), "{}", describe(&out));
+    let last = events
+        .iter()
+        .filter(|e| e["event"] == "log" && e["step"] == "s12")
+        .map(|e| e["data"].as_str().unwrap_or_default())
+        .collect::<String>();
+    assert_eq!(last.trim(), "12", "{events:?}");
 }
