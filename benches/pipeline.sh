@@ -64,6 +64,8 @@ write_inputs() { # round
     printf 'run = "%s"\n\n' "$(command_of "$r" "$i")" >>"$f"
     echo "RUN $(command_of "$r" "$i")" >>"$c"
   done
+  # One step alone, for the cost of a pipeline step against a bare `cairn exec`.
+  printf '[steps.one]\nimage = "%s"\nrun = "%s"\n' "$REF" "$(command_of "$r" one)" >"$WORK/one.toml"
 }
 
 now() { date +%s%N; }
@@ -87,6 +89,7 @@ for round in $(seq "$ROUNDS"); do
   run "buildah bud (cached)" "${BUILDAH[@]}" bud --layers --isolation chroot --pull=false \
     --tls-verify=false -q -t "bench:$round" -f "$WORK/ctx/Containerfile" "$WORK/ctx"
   run "cairn exec (1 step)" "$CAIRN" --root "$WORK/store" exec "$REF" -- sh -c "$(command_of "$round" x)"
+  run "cairn run (1 step)" "$CAIRN" --root "$WORK/store" run "$WORK/one.toml" --progress plain
 done
 
 # Check the cached run really ran nothing: every step reported cached.
@@ -98,7 +101,7 @@ echo
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -r); buildah $(buildah --version | awk '{print $3}') on $DRIVER"
 echo "rounds: $ROUNDS, 20 steps (median ms; ratio = buildah / cairn, higher means cairn is faster)"
 med() { printf '%s\n' $1 | sort -n | awk '{a[NR]=$1} END{printf "%.1f", a[int((NR+1)/2)]/10}'; }
-for label in "cairn run (cold)" "buildah bud (cold)" "cairn run (cached)" "buildah bud (cached)" "cairn exec (1 step)"; do
+for label in "cairn run (cold)" "buildah bud (cold)" "cairn run (cached)" "buildah bud (cached)" "cairn exec (1 step)" "cairn run (1 step)"; do
   vals=${TIMES[$label]:-}
   [ -n "$vals" ] || continue
   printf '%-22s median %8s ms   (%s)\n' "$label" "$(med "$vals")" "$(printf '%s ' $vals | awk '{for(i=1;i<=NF;i++) printf "%.0f ", $i/10}')"
@@ -106,8 +109,8 @@ done
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b>0) printf "%.2f", a/b; else print "-" }'; }
 cc=$(med "${TIMES[cairn run (cold)]:-0}"); bc=$(med "${TIMES[buildah bud (cold)]:-0}")
 ch=$(med "${TIMES[cairn run (cached)]:-0}"); bh=$(med "${TIMES[buildah bud (cached)]:-0}")
-ex=$(med "${TIMES[cairn exec (1 step)]:-0}")
+ex=$(med "${TIMES[cairn exec (1 step)]:-0}"); one=$(med "${TIMES[cairn run (1 step)]:-0}")
 echo "cold:   buildah / cairn = $(ratio "$bc" "$cc")"
 echo "cached: buildah / cairn = $(ratio "$bh" "$ch")   (aim: cairn under 100 ms)"
-echo "per step, cold: cairn run $(awk -v c="$cc" 'BEGIN{printf "%.1f", c/20}') ms (wall / 20; 4 steps overlap the chain) vs cairn exec $ex ms:" \
-  "overhead $(awk -v c="$cc" -v e="$ex" 'BEGIN{printf "%.1f", c/20 - e}') ms a step"
+echo "per step, cold: $(awk -v c="$cc" 'BEGIN{printf "%.1f", c/20}') ms in the 20-step run (wall / 20; 4 steps overlap the chain)"
+echo "one step: cairn run $one ms vs cairn exec $ex ms of the same command: $(awk -v o="$one" -v e="$ex" 'BEGIN{printf "%+.1f", o - e}') ms for being a pipeline step"

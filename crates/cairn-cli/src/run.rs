@@ -135,6 +135,9 @@ pub async fn run(options: cairn_images::StoreOptions, args: RunArgs) -> anyhow::
     let mut explainer = Explainer::new(&containers, &names, &file);
     explainer.no_cache = args.no_cache;
     if args.explain {
+        // Only runs that explain pay for listing host files; one without leaves the next
+        // explanation naming the directory alone.
+        explainer.log = KeyLog::new().list_files(true);
         let mut last = HashMap::new();
         for name in &names {
             last.insert((*name).to_owned(), history.last(name)?);

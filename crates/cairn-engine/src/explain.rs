@@ -6,9 +6,10 @@
 //! through the vertices that carry the same step name and turns the recipes into named parts:
 //! `command`, `env:NAME` (one per variable, so the variable that changed can be named),
 //! `workdir`, `user`, `network`, `caches`, `secrets`, `image`, one `input:PATH` per directory
-//! copied in (a host directory, with a stat list of its files when it is small, or a directory
-//! of another step), `from:STEP` for the step it starts from. Each part holds a digest, never a
-//! value: a fingerprint says *that* an environment variable changed, not what it was.
+//! copied in (a host directory — with a stat list of its files when [`KeyLog::list_files`]
+//! asks and the tree is small — or a directory of another step), `from:STEP` for the step it
+//! starts from. Each part holds a digest, never a value: a fingerprint says *that* an
+//! environment variable changed, not what it was.
 //!
 //! [`StepHistory`] keeps the last successful run's fingerprint of each step in the store's
 //! `metadata.db` (table `step_history`), per *scope* — the pipeline file — so two pipelines
@@ -93,7 +94,8 @@ impl StepFingerprint {
         let mut out = Vec::new();
         for name in names {
             let (now, then) = (self.parts.get(name), earlier.parts.get(name));
-            if now == then {
+            // The value decides; a file list is only there when the run asked for one.
+            if now.map(|p| &p.value) == then.map(|p| &p.value) {
                 continue;
             }
             if let Some(var) = name.strip_prefix("env:") {
@@ -192,12 +194,21 @@ fn changed_files(
 pub struct KeyLog {
     by_digest: HashMap<Digest, (VertexId, KeyRecipe)>,
     by_key: HashMap<CacheKey, Digest>,
+    list_files: bool,
 }
 
 impl KeyLog {
     /// An empty log.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Whether fingerprints list the files of host directories (a walk of each tree, up to
+    /// 10 000 entries), so that a later comparison can name the changed files. Off by default:
+    /// the walk costs time on every run, not only on those that explain.
+    pub fn list_files(mut self, yes: bool) -> Self {
+        self.list_files = yes;
+        self
     }
 
     /// Records the recipe if `event` carries one; returns whether it did.
@@ -333,7 +344,9 @@ impl KeyLog {
                         .collect::<Vec<_>>()
                 };
                 let mut part = Part::new(value).what(format!("host directory {shown}"));
-                part.files = list_files(&path, &globs("include"), &globs("exclude"));
+                if self.list_files {
+                    part.files = list_files(&path, &globs("include"), &globs("exclude"));
+                }
                 part
             }
             "container-directory" => {
@@ -501,6 +514,9 @@ mod tests {
             ("input:/deps", part("d1").what("step deps's /out")),
         ]);
         assert_eq!(before.changes(Some(&before)), Vec::<String>::new());
+        let mut unlisted = before.clone();
+        unlisted.parts.get_mut("input:/src").unwrap().files = None;
+        assert_eq!(unlisted.changes(Some(&before)), Vec::<String>::new());
         assert_eq!(before.changes(None), ["never ran before"]);
         let after = print(&[
             ("command", part("c1")),
