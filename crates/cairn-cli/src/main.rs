@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 mod exec;
 mod progress;
 mod run;
+mod tty;
 
 /// A rootless, daemonless CI engine.
 #[derive(Parser)]

@@ -1,19 +1,21 @@
 //! `cairn run`: a pipeline file mapped one-to-one onto the engine's API and solved at once.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
-use std::path::PathBuf;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use cairn_engine::{
-    CacheSharing, CacheVolume, CancellationToken, Container, Engine, EventKind, LogStream, Network,
-    Secret, SolveOptions,
+    CacheSharing, CacheVolume, CancellationToken, Container, Engine, Event, EventKind, KeyLog,
+    LogStream, Network, Secret, SolveOptions, StepFingerprint, VertexId,
 };
 use cairn_pipeline::{Command, Input, Pipeline, SecretSource, SecretTarget, StepSource};
 use clap::{Args, ValueEnum};
 use tokio::sync::mpsc;
+
+use crate::tty::{self, TtyView};
 
 /// `cairn run` options.
 #[derive(Args)]
@@ -26,15 +28,21 @@ pub struct RunArgs {
     /// Run every step even when its result is cached.
     #[arg(long)]
     no_cache: bool,
-    /// How progress is shown: plain lines prefixed with the step, or one JSON object a line.
+    /// How progress is shown: a live view of the running steps on a terminal, plain lines
+    /// prefixed with the step, or one JSON object a line.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     progress: ProgressMode,
+    /// For every step that ran, say why its cache missed: what changed since its last run.
+    #[arg(long)]
+    explain: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum ProgressMode {
-    /// Plain for now (a terminal view comes later).
+    /// `tty` when standard error is a terminal, else `plain`.
     Auto,
+    /// A live view of the running steps and their last log lines, redrawn in place.
+    Tty,
     /// `[step] line`.
     Plain,
     /// One JSON object per line on stdout.
@@ -131,8 +139,28 @@ pub async fn run(options: cairn_images::StoreOptions, args: RunArgs) -> anyhow::
 
     let names: Vec<&str> = order.iter().map(|s| s.name.as_str()).collect();
     let targets: Vec<Container> = names.iter().map(|n| containers[*n].clone()).collect();
+    let file = std::path::absolute(&args.file).unwrap_or_else(|_| args.file.clone());
+    let file = file.canonicalize().unwrap_or(file);
+    let history = engine.step_history(file.display().to_string())?;
+    let mut explainer = Explainer::new(&containers, &names, &file);
+    explainer.no_cache = args.no_cache;
+    if args.explain {
+        // Only runs that explain pay for listing host files; one without leaves the next
+        // explanation naming the directory alone.
+        explainer.log = KeyLog::new().list_files(true);
+        let mut last = HashMap::new();
+        for name in &names {
+            last.insert((*name).to_owned(), history.last(name)?);
+        }
+        explainer.last = Some(last);
+    }
+    let mode = match args.progress {
+        ProgressMode::Auto if std::io::stderr().is_terminal() => ProgressMode::Tty,
+        ProgressMode::Auto => ProgressMode::Plain,
+        mode => mode,
+    };
     let (tx, rx) = mpsc::unbounded_channel();
-    let printer = tokio::spawn(print_progress(rx, args.progress == ProgressMode::Json));
+    let printer = tokio::spawn(print_progress(rx, mode, explainer));
     // Ctrl-C, SIGTERM or SIGHUP cancel the solve: running steps are stopped and cleaned up.
     let cancel = CancellationToken::new();
     let on_signal = cancel.clone();
@@ -143,7 +171,32 @@ pub async fn run(options: cairn_images::StoreOptions, args: RunArgs) -> anyhow::
     let options = SolveOptions::new().events(tx).cancel(cancel);
     let results = engine.sync_all(&targets, options).await;
     watcher.abort();
-    let _ = printer.await;
+    let explainer = printer.await.context("progress display")?;
+
+    // The next run compares with this one's succeeded steps.
+    let succeeded = names.iter().filter_map(|name| {
+        let ok = matches!(
+            explainer.outcomes.get(*name),
+            Some(StepOutcome::Ran | StepOutcome::Cached)
+        );
+        let fingerprint = explainer.fingerprints.get(*name).filter(|_| ok)?;
+        Some((*name, fingerprint))
+    });
+    if let Err(e) = history.record(succeeded) {
+        tracing::warn!("could not record the steps for --explain: {e}");
+    }
+    if args.explain && mode != ProgressMode::Json {
+        for name in &names {
+            let ran = match explainer.outcomes.get(*name) {
+                Some(StepOutcome::Ran) => "ran",
+                Some(StepOutcome::Failed) => "ran and failed",
+                _ => continue,
+            };
+            let reasons = explainer.reasons.get(*name).map(|r| r.join("; "));
+            let reasons = reasons.unwrap_or_else(|| "its inputs could not be keyed".into());
+            eprintln!("{name}: {ran}: {reasons}");
+        }
+    }
 
     let mut failed = false;
     let mut ok = HashMap::new();
@@ -246,12 +299,158 @@ fn chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// How a step's result vertex ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StepOutcome {
+    Ran,
+    Cached,
+    Failed,
+}
+
+/// Why each step ran, worked out when its result vertex gets its key, and how each step ended.
+struct Explainer {
+    log: KeyLog,
+    /// The steps in pipeline order.
+    order: Vec<String>,
+    steps: BTreeMap<String, Container>,
+    /// Each step's result vertex, by digest (steps that add nothing share their base's).
+    tops: HashMap<cairn_oci::Digest, Vec<String>>,
+    /// The pipeline file: host directories are named relative to its directory.
+    base: PathBuf,
+    no_cache: bool,
+    /// The last successful run's fingerprint of each step, when `--explain` asked for reasons.
+    last: Option<HashMap<String, Option<StepFingerprint>>>,
+    fingerprints: HashMap<String, StepFingerprint>,
+    reasons: HashMap<String, Vec<String>>,
+    outcomes: HashMap<String, StepOutcome>,
+}
+
+impl Explainer {
+    fn new(containers: &BTreeMap<String, Container>, names: &[&str], file: &Path) -> Self {
+        let mut tops: HashMap<_, Vec<String>> = HashMap::new();
+        let mut steps = BTreeMap::new();
+        for name in names {
+            let container = containers[*name].clone();
+            if let Some(id) = container.vertex_id() {
+                tops.entry(id.digest().clone())
+                    .or_default()
+                    .push((*name).to_owned());
+            }
+            steps.insert((*name).to_owned(), container);
+        }
+        Explainer {
+            log: KeyLog::new(),
+            order: names.iter().map(|n| (*n).to_owned()).collect(),
+            steps,
+            tops,
+            base: file.parent().map(Path::to_owned).unwrap_or_default(),
+            no_cache: false,
+            last: None,
+            fingerprints: HashMap::new(),
+            reasons: HashMap::new(),
+            outcomes: HashMap::new(),
+        }
+    }
+
+    /// The steps whose result vertex `v` is.
+    fn steps_of(&self, v: &VertexId) -> Vec<String> {
+        let names = self.tops.get(v.digest()).into_iter().flatten();
+        names.filter(|n| n.as_str() == v.name()).cloned().collect()
+    }
+
+    fn observe(&mut self, event: &Event) {
+        let v = &event.vertex;
+        let keyed = self.log.observe(event);
+        let steps = self.steps_of(v);
+        if steps.is_empty() {
+            return;
+        }
+        for name in steps {
+            if keyed {
+                let container = &self.steps[&name];
+                let Some(fingerprint) = self.log.fingerprint(&name, container, &self.base) else {
+                    continue;
+                };
+                if let Some(last) = &self.last {
+                    let reasons = match self.no_cache {
+                        true => vec!["--no-cache".to_owned()],
+                        false => {
+                            let earlier = last.get(&name).and_then(Option::as_ref);
+                            let changes = fingerprint.changes(earlier);
+                            match changes.is_empty() {
+                                true => vec!["nothing changed since its last successful run, \
+                                     but its cached result is gone"
+                                    .to_owned()],
+                                false => changes,
+                            }
+                        }
+                    };
+                    self.reasons.insert(name.clone(), reasons);
+                }
+                self.fingerprints.insert(name.clone(), fingerprint);
+            }
+            let outcome = match &event.kind {
+                EventKind::Completed { .. } => StepOutcome::Ran,
+                EventKind::Cached { .. } => StepOutcome::Cached,
+                EventKind::Failed { .. } => StepOutcome::Failed,
+                _ => continue,
+            };
+            self.outcomes.insert(name, outcome);
+        }
+    }
+
+    /// Why the step whose result vertex `v` is ran, for `--explain` in JSON.
+    fn reasons_for(&self, v: &VertexId) -> Option<&Vec<String>> {
+        self.steps_of(v).first().and_then(|n| self.reasons.get(n))
+    }
+}
+
 /// How long a vertex may sit between `Started` and its next event before `started` is shown:
 /// a cache hit comes within it and is shown as `cached` alone.
 const STARTED_DELAY: Duration = Duration::from_millis(1000);
 
-async fn print_progress(mut rx: mpsc::UnboundedReceiver<cairn_engine::Event>, json: bool) {
-    let mut pending: HashMap<cairn_engine::VertexId, Instant> = HashMap::new();
+async fn print_progress(
+    rx: mpsc::UnboundedReceiver<Event>,
+    mode: ProgressMode,
+    explainer: Explainer,
+) -> Explainer {
+    match mode {
+        ProgressMode::Tty => print_tty(rx, explainer).await,
+        _ => print_lines(rx, mode == ProgressMode::Json, explainer).await,
+    }
+}
+
+async fn print_tty(mut rx: mpsc::UnboundedReceiver<Event>, mut explainer: Explainer) -> Explainer {
+    let steps: Vec<(String, Option<VertexId>)> = explainer
+        .order
+        .iter()
+        .map(|name| (name.clone(), explainer.steps[name].vertex_id().cloned()))
+        .collect();
+    let mut view = TtyView::new(&steps);
+    let mut tick = tokio::time::interval(tty::FRAME);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            e = rx.recv() => match e {
+                Some(e) => {
+                    explainer.observe(&e);
+                    view.event(&e);
+                }
+                None => break,
+            },
+            _ = tick.tick() => view.draw(),
+        }
+    }
+    view.finish();
+    explainer
+}
+
+async fn print_lines(
+    mut rx: mpsc::UnboundedReceiver<Event>,
+    json: bool,
+    mut explainer: Explainer,
+) -> Explainer {
+    let mut pending: HashMap<VertexId, Instant> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
         let event = tokio::select! {
@@ -267,16 +466,19 @@ async fn print_progress(mut rx: mpsc::UnboundedReceiver<cairn_engine::Event>, js
                     .collect();
                 for v in due {
                     pending.remove(&v);
-                    emit(json, &v, "started", None, None);
+                    emit_started(json, &v, explainer.reasons_for(&v));
                 }
                 continue;
             }
         };
+        explainer.observe(&event);
         let v = &event.vertex;
-        let was_pending = pending.remove(v).is_some();
+        // `Keyed` comes between `Started` and the cache lookup: not a sign the step runs.
+        let keyed = matches!(event.kind, EventKind::Keyed { .. });
+        let was_pending = !keyed && pending.remove(v).is_some();
         let show_started = |json| {
             if was_pending {
-                emit(json, v, "started", None, None);
+                emit_started(json, v, explainer.reasons_for(v));
             }
         };
         match &event.kind {
@@ -326,11 +528,26 @@ async fn print_progress(mut rx: mpsc::UnboundedReceiver<cairn_engine::Event>, js
             _ => {}
         }
     }
+    explainer
+}
+
+/// `started`, with the reasons the step ran when `--explain` asked for them (JSON only: the
+/// plain view lists them at the end).
+fn emit_started(json: bool, v: &VertexId, reasons: Option<&Vec<String>>) {
+    if json && reasons.is_some() {
+        let line = serde_json::json!({
+            "step": v.name(), "vertex": v.digest().short(), "event": "started",
+            "explain": reasons,
+        });
+        println!("{line}");
+    } else {
+        emit(json, v, "started", None, None);
+    }
 }
 
 fn emit(
     json: bool,
-    v: &cairn_engine::VertexId,
+    v: &VertexId,
     event: &str,
     duration: Option<Duration>,
     extra: Option<(&str, String)>,

@@ -57,6 +57,7 @@
 
 mod cache;
 mod error;
+mod explain;
 mod files;
 mod fs;
 mod ops;
@@ -78,6 +79,7 @@ pub use cairn_solver::{
     CancellationToken, Event, EventKind, LogStream, SolveError, SolveOptions, VertexId,
 };
 pub use error::{EngineError, ErrorKind};
+pub use explain::{KeyLog, StepFingerprint, StepHistory};
 pub use files::FileSource;
 pub use ops::{CacheSharing, DirSource, ImageState};
 

@@ -166,7 +166,7 @@ pub fn build_spec(config: &ContainerConfig, ctx: &SpecContext) -> Result<Spec, R
     let (root_path, mut mounts) = match &config.rootfs {
         RootfsMount::Overlay { options } => (
             PathBuf::from("rootfs"),
-            vec![mount("/", "overlay", "overlay", options)?],
+            vec![mount("/", "overlay", "overlay", overlay_options(options))?],
         ),
         RootfsMount::Bind { source } => {
             if !source.is_absolute() {
@@ -395,6 +395,25 @@ fn check_destination(destination: &str) -> Result<(), RuntimeError> {
     Ok(())
 }
 
+/// libcontainer hands each overlay option to `fsconfig`, which takes values of at most 255
+/// bytes: a `lowerdir=a:b:…` longer than that (five or six layers of a deep store path) fails
+/// with "failed to prepare rootfs". Such a list goes as one `lowerdir+=DIR` per layer instead
+/// (Linux 6.8 and later; same order, uppermost first). Shorter lists stay as they are, so older
+/// kernels keep working where they worked.
+fn overlay_options(options: &[String]) -> Vec<String> {
+    const FSCONFIG_MAX_VALUE: usize = 255;
+    let mut out = Vec::with_capacity(options.len());
+    for option in options {
+        match option.strip_prefix("lowerdir=") {
+            Some(dirs) if dirs.len() > FSCONFIG_MAX_VALUE => {
+                out.extend(dirs.split(':').map(|d| format!("lowerdir+={d}")));
+            }
+            _ => out.push(option.clone()),
+        }
+    }
+    out
+}
+
 /// A mount entry.
 fn mount<I>(
     destination: &str,
@@ -545,6 +564,21 @@ mod tests {
 
     use super::*;
     use crate::config::ProcessUser;
+
+    #[test]
+    fn long_lowerdir_lists_go_one_layer_an_option() {
+        let short = vec!["lowerdir=/s/2/fs:/s/1/fs".to_owned(), "userxattr".into()];
+        assert_eq!(overlay_options(&short), short);
+        let dirs: Vec<String> = (1..=8)
+            .map(|n| format!("/var/tmp/cairn-store-{n:040}/fs"))
+            .collect();
+        let long = vec![format!("lowerdir={}", dirs.join(":")), "upperdir=/u".into()];
+        let split = overlay_options(&long);
+        assert_eq!(split.len(), 9);
+        assert_eq!(split[0], format!("lowerdir+={}", dirs[0]));
+        assert_eq!(split[7], format!("lowerdir+={}", dirs[7]));
+        assert_eq!(split[8], "upperdir=/u");
+    }
 
     fn config() -> ContainerConfig {
         ContainerConfig {

@@ -138,6 +138,21 @@ impl KeyRecipe {
         self
     }
 
+    /// The op's description.
+    pub fn description(&self) -> &CacheDescription {
+        &self.description
+    }
+
+    /// The inputs: each input vertex's cache key and the output used.
+    pub fn inputs(&self) -> &[(CacheKey, usize)] {
+        &self.inputs
+    }
+
+    /// The solve-time content digest, if the op reported one.
+    pub fn content_digest(&self) -> Option<&Digest> {
+        self.content.as_ref()
+    }
+
     /// The cache key.
     pub fn key(&self) -> CacheKey {
         let mut e = Encoder::new(CACHE_KEY_VERSION);

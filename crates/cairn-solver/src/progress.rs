@@ -9,6 +9,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::error::SolveError;
 use crate::graph::VertexId;
+use crate::key::KeyRecipe;
 
 /// A progress event about one vertex.
 #[derive(Clone, Debug)]
@@ -26,6 +27,12 @@ pub struct Event {
 pub enum EventKind {
     /// Inputs are solved; the key, cache lookup and maybe the op follow.
     Started,
+    /// The cache key is known (sent after `Started`, before the cache lookup): what it was made
+    /// of, so a caller can say why it differs from an earlier run's (`--explain`).
+    Keyed {
+        /// The key's recipe.
+        recipe: KeyRecipe,
+    },
     /// The result came from the cache; the op did not run.
     Cached {
         /// Since `Started`.

@@ -519,6 +519,9 @@ async fn run<R: Clone + Send + Sync + 'static>(
     }
     let key = recipe.key();
     tracing::Span::current().record("key", tracing::field::display(&key));
+    job.progress.emit(&EventKind::Keyed {
+        recipe: recipe.clone(),
+    });
     let _ = job.recipe.set(recipe);
     ctx.set_key(key.clone());
     let done = |outputs, cached| {

@@ -179,12 +179,17 @@ async fn diamond_runs_each_vertex_once_then_hits_the_cache() {
     for label in ["a", "b", "c", "d"] {
         let mine: Vec<_> = events.iter().filter(|e| e.vertex.name() == label).collect();
         assert!(matches!(mine[0].kind, EventKind::Started), "{label}");
+        let EventKind::Keyed { recipe } = &mine[1].kind else {
+            panic!("{label}: {:?}", mine[1])
+        };
+        let report = first.report().iter().find(|r| r.vertex.name() == label);
+        assert_eq!(Some(recipe), report.unwrap().recipe.as_ref(), "{label}");
         assert!(
-            matches!(mine[2].kind, EventKind::Completed { .. }),
+            matches!(mine[3].kind, EventKind::Completed { .. }),
             "{label}"
         );
-        let EventKind::Log { bytes, .. } = &mine[1].kind else {
-            panic!("{label}: {:?}", mine[1])
+        let EventKind::Log { bytes, .. } = &mine[2].kind else {
+            panic!("{label}: {:?}", mine[2])
         };
         assert_eq!(&bytes[..], format!("{label} ran").as_bytes());
     }
@@ -200,7 +205,7 @@ async fn diamond_runs_each_vertex_once_then_hits_the_cache() {
     assert_eq!(names(second.cached()), ["a", "b", "c", "d"]);
     let ends = drain(&mut rx)
         .into_iter()
-        .filter(|e| !matches!(e.kind, EventKind::Started));
+        .filter(|e| !matches!(e.kind, EventKind::Started | EventKind::Keyed { .. }));
     assert!(ends
         .map(|e| e.kind)
         .all(|k| matches!(k, EventKind::Cached { .. })));
