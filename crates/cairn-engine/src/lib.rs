@@ -39,6 +39,7 @@
 mod cache;
 mod error;
 mod fs;
+mod hashcache;
 mod ops;
 
 use std::path::{Path, PathBuf};
@@ -54,6 +55,7 @@ pub use cairn_solver::{
     CancellationToken, Event, EventKind, LogStream, SolveError, SolveOptions, VertexId,
 };
 pub use error::{EngineError, ErrorKind};
+pub use hashcache::{HashStats, TreeDigest, TreeHasher};
 pub use ops::{CacheSharing, DirSource, ImageState};
 
 use crate::ops::{ContainerDirOp, CopyOp, ExecOp, ExecSpec, FromOp, HostDirOp, SecretValue};
@@ -79,6 +81,8 @@ pub(crate) struct EngineInner {
     store: Store,
     containers: Containers,
     solver: Solver<Output>,
+    /// Hashes host directories, with file digests recorded in `metadata.db`.
+    hasher: Arc<TreeHasher>,
 }
 
 impl EngineInner {
@@ -101,7 +105,11 @@ impl EngineInner {
 pub struct Engine {
     inner: Arc<EngineInner>,
     ignore_cache: bool,
+    output_limit: usize,
 }
+
+/// How many bytes of each of an exec's stdout and stderr its result keeps by default.
+pub const DEFAULT_OUTPUT_LIMIT: usize = 1 << 20;
 
 impl Engine {
     /// Opens the store, its container service and a solver whose cache is the store's database.
@@ -110,13 +118,16 @@ impl Engine {
         let containers = Containers::open(store.clone()).await?;
         let cache = cache::SqliteCache::open(&store.root().join("metadata.db"))?;
         let solver = Solver::new(Arc::new(cache));
+        let hasher = Arc::new(TreeHasher::open(store.root().join("metadata.db"))?);
         Ok(Engine {
             inner: Arc::new(EngineInner {
                 store,
                 containers,
                 solver,
+                hasher,
             }),
             ignore_cache: false,
+            output_limit: DEFAULT_OUTPUT_LIMIT,
         })
     }
 
@@ -124,6 +135,15 @@ impl Engine {
     /// cached; their fresh results are recorded.
     pub fn ignore_cache(mut self, yes: bool) -> Self {
         self.ignore_cache = yes;
+        self
+    }
+
+    /// This engine, with execs (built from it afterwards) keeping only the last `bytes` bytes
+    /// of each of their stdout and stderr in their results (and the cache), default
+    /// [`DEFAULT_OUTPUT_LIMIT`]. A result that lost bytes starts with a line saying how many.
+    /// Log events ([`EventKind::Log`]) still carry every line.
+    pub fn output_limit(mut self, bytes: usize) -> Self {
+        self.output_limit = bytes;
         self
     }
 
@@ -228,6 +248,7 @@ impl Directory {
         exclude: Vec<String>,
     ) -> Directory {
         let op = HostDirOp {
+            hasher: engine.inner.hasher.clone(),
             path: path.clone(),
             include: include.clone(),
             exclude: exclude.clone(),
@@ -295,6 +316,7 @@ impl Directory {
     pub async fn digest(&self) -> Result<cairn_oci::Digest, EngineError> {
         if let Some((path, include, exclude)) = &self.host {
             let op = HostDirOp {
+                hasher: self.engine.inner.hasher.clone(),
                 path: path.clone(),
                 include: include.clone(),
                 exclude: exclude.clone(),
@@ -303,7 +325,9 @@ impl Directory {
         }
         let tmp = tempdir_in(self.engine.store().root())?;
         self.export(&tmp).await?;
+        // A fresh temporary tree each time: nothing to gain from recording its files.
         let digest = HostDirOp {
+            hasher: Arc::new(TreeHasher::uncached()),
             path: tmp.clone(),
             include: Vec::new(),
             exclude: Vec::new(),
@@ -462,6 +486,7 @@ impl Container {
         let op = ExecOp {
             engine: self.engine.inner.clone(),
             spec,
+            output_limit: self.engine.output_limit,
         };
         let inputs = self.vertex.iter().map(Vertex::edge).collect();
         let mut c = self.clone();

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::error::{io_err, EngineError};
-use crate::fs::{copy_tree, digest, Filter};
+use crate::fs::{copy_tree, Filter};
 use crate::{EngineInner, Output};
 
 /// The configuration an image gives its containers, which a container keeps along its chain.
@@ -130,6 +130,8 @@ impl Op<Output> for FromOp {
 
 /// A host directory. Its content digest is its tree's: an edited file gives a new key.
 pub(crate) struct HostDirOp {
+    /// Hashes the tree (in parallel, reading only files changed since it last did).
+    pub(crate) hasher: Arc<crate::TreeHasher>,
     pub(crate) path: PathBuf,
     pub(crate) include: Vec<String>,
     pub(crate) exclude: Vec<String>,
@@ -137,12 +139,13 @@ pub(crate) struct HostDirOp {
 
 impl HostDirOp {
     pub(crate) async fn digest(&self) -> Result<Digest, EngineError> {
-        let (path, include, exclude) = (
+        let (hasher, path, include, exclude) = (
+            self.hasher.clone(),
             self.path.clone(),
             self.include.clone(),
             self.exclude.clone(),
         );
-        tokio::task::spawn_blocking(move || digest(&path, &Filter::new(&path, &include, &exclude)?))
+        tokio::task::spawn_blocking(move || Ok(hasher.digest(&path, &include, &exclude)?.digest))
             .await
             .map_err(|e| EngineError::Invalid {
                 what: "hashing task".into(),
@@ -429,6 +432,40 @@ impl ExecSpec {
 pub(crate) struct Redactor(Vec<String>);
 
 impl Redactor {
+    /// Where `bytes` can be cut so that no secret (nor its start, at the end) lies across the
+    /// cut: at most `bytes.len()`, at a character boundary; 0 when there is no such place.
+    pub(crate) fn safe_cut(&self, bytes: &[u8]) -> usize {
+        let longest = self.0.iter().map(String::len).max().unwrap_or(0);
+        let mut cut = bytes.len().saturating_sub(longest.saturating_sub(1));
+        let needles: Vec<&[u8]> = self
+            .0
+            .iter()
+            .flat_map(|v| [v.as_bytes(), v.trim_end_matches('\n').as_bytes()])
+            .filter(|n| !n.is_empty())
+            .collect();
+        // An occurrence across the cut moves it back to the occurrence's start; repeat until
+        // none lies across.
+        loop {
+            let across = needles.iter().find_map(|n| {
+                let lo = cut.saturating_sub(n.len() - 1);
+                let hi = (cut + n.len() - 1).min(bytes.len());
+                bytes[lo..hi]
+                    .windows(n.len())
+                    .position(|w| w == *n)
+                    .map(|p| lo + p)
+                    .filter(|p| *p < cut)
+            });
+            match across {
+                Some(p) => cut = p,
+                None => break,
+            }
+        }
+        while cut > 0 && cut < bytes.len() && bytes[cut] & 0xC0 == 0x80 {
+            cut -= 1;
+        }
+        cut
+    }
+
     pub(crate) fn mask(&self, text: &str) -> String {
         let mut out = text.to_owned();
         for v in &self.0 {
@@ -447,6 +484,9 @@ impl Redactor {
 pub(crate) struct ExecOp {
     pub(crate) engine: Arc<EngineInner>,
     pub(crate) spec: ExecSpec,
+    /// How many bytes of each of stdout and stderr the result keeps (the last ones); not
+    /// part of the key. Log events carry all of it.
+    pub(crate) output_limit: usize,
 }
 
 impl Op<Output> for ExecOp {
@@ -590,7 +630,7 @@ impl ExecOp {
         drop(tx);
         let running = self.engine.containers.start_request(request, stdio).await?;
         let redactor = spec.redactor();
-        let mut captured = Captured::default();
+        let mut captured = Captured::new(self.output_limit);
         let stop = ctx.cancellation().cancelled();
         let no_labels = BTreeMap::new();
         let finish = running.run_and_commit(None, stop, Duration::from_secs(5), &name, &no_labels);
@@ -605,8 +645,8 @@ impl ExecOp {
         drop(volume_locks);
         let outcome = outcome?;
         let code = outcome.status.code();
-        let stdout = redactor.mask(&String::from_utf8_lossy(&captured.stdout));
-        let stderr = redactor.mask(&String::from_utf8_lossy(&captured.stderr));
+        let stdout = captured.stdout.text("stdout", &redactor);
+        let stderr = captured.stderr.text("stderr", &redactor);
         if outcome.stopped || outcome.timed_out {
             return Err(EngineError::Stopped {
                 step: spec.label.clone(),
@@ -634,27 +674,47 @@ impl ExecOp {
     }
 }
 
-/// Output read so far, and the partial line of each stream not yet logged (lines are logged
-/// whole, so a secret is masked even when it straddles two reads).
-#[derive(Default)]
+/// Output read so far: the tail of each stream the result keeps, and the partial line of each
+/// stream not yet logged (lines are logged whole, so a secret is masked even when it straddles
+/// two reads).
 struct Captured {
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
+    stdout: Tail,
+    stderr: Tail,
     partial: [Vec<u8>; 2],
 }
 
+/// A line longer than this is logged in pieces (cut where no secret straddles the cut), so
+/// that output without newlines does not pile up in memory.
+const LINE_LIMIT: usize = 64 << 10;
+
 impl Captured {
+    fn new(limit: usize) -> Self {
+        Captured {
+            stdout: Tail::new(limit),
+            stderr: Tail::new(limit),
+            partial: [Vec::new(), Vec::new()],
+        }
+    }
+
     fn push(&mut self, ctx: &ExecContext, redactor: &Redactor, stream: LogStream, bytes: &[u8]) {
         let i = usize::from(stream == LogStream::Stderr);
         match stream {
-            LogStream::Stdout => self.stdout.extend_from_slice(bytes),
-            LogStream::Stderr => self.stderr.extend_from_slice(bytes),
+            LogStream::Stdout => self.stdout.push(bytes),
+            LogStream::Stderr => self.stderr.push(bytes),
         }
         let partial = &mut self.partial[i];
         partial.extend_from_slice(bytes);
         if let Some(end) = partial.iter().rposition(|b| *b == b'\n') {
             let lines: Vec<u8> = partial.drain(..=end).collect();
             ctx.log(stream, redactor.mask(&String::from_utf8_lossy(&lines)));
+        }
+        while partial.len() > LINE_LIMIT {
+            let cut = redactor.safe_cut(partial);
+            if cut == 0 {
+                break;
+            }
+            let piece: Vec<u8> = partial.drain(..cut).collect();
+            ctx.log(stream, redactor.mask(&String::from_utf8_lossy(&piece)));
         }
     }
 
@@ -665,6 +725,63 @@ impl Captured {
                 ctx.log(stream, redactor.mask(&String::from_utf8_lossy(&rest)));
             }
         }
+    }
+}
+
+/// The last `limit` bytes of a stream, and how many came before them.
+struct Tail {
+    kept: Vec<u8>,
+    dropped: u64,
+    limit: usize,
+}
+
+impl Tail {
+    fn new(limit: usize) -> Self {
+        Tail {
+            kept: Vec::new(),
+            dropped: 0,
+            limit,
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        self.kept.extend_from_slice(bytes);
+        // Trimmed when twice the limit, so that each byte is moved about once.
+        if self.kept.len() > self.limit.saturating_mul(2).max(1 << 16) {
+            self.trim_to(self.limit);
+        }
+    }
+
+    fn trim_to(&mut self, limit: usize) {
+        let excess = self.kept.len().saturating_sub(limit);
+        self.kept.drain(..excess);
+        self.dropped += excess as u64;
+    }
+
+    /// The text kept, secrets masked; when bytes were dropped, it starts at a line (or at
+    /// least a character) boundary, after a first line that says how many.
+    fn text(mut self, stream: &str, redactor: &Redactor) -> String {
+        self.trim_to(self.limit);
+        if self.dropped == 0 {
+            return redactor.mask(&String::from_utf8_lossy(&self.kept));
+        }
+        // A line cut in two may hold a secret cut in two, which masking would not see.
+        let start = match self.kept.iter().position(|b| *b == b'\n') {
+            Some(nl) => nl + 1,
+            None => self
+                .kept
+                .iter()
+                .position(|b| b & 0xC0 != 0x80)
+                .unwrap_or(self.kept.len()),
+        };
+        self.dropped += start as u64;
+        let rest = &self.kept[start..];
+        format!(
+            "[cairn: the first {} bytes of {stream} were dropped; the last {} bytes follow]\n{}",
+            self.dropped,
+            rest.len(),
+            redactor.mask(&String::from_utf8_lossy(rest))
+        )
     }
 }
 
@@ -788,5 +905,69 @@ impl EngineInner {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod output_tests {
+    use super::*;
+
+    fn redactor(secrets: &[&str]) -> Redactor {
+        Redactor(secrets.iter().map(|s| (*s).to_owned()).collect())
+    }
+
+    #[test]
+    fn a_tail_keeps_the_last_lines_and_says_what_it_dropped() {
+        let r = redactor(&[]);
+        let mut tail = Tail::new(1000);
+        let mut total = 0u64;
+        for i in 0..100_000 {
+            let line = format!("line {i}\n");
+            total += line.len() as u64;
+            tail.push(line.as_bytes());
+            assert!(tail.kept.len() <= 1 << 17, "memory stays bounded");
+        }
+        let text = tail.text("stdout", &r);
+        let (head, rest) = text.split_once('\n').unwrap();
+        assert!(
+            rest.starts_with("line ") && rest.ends_with("line 99999\n"),
+            "{rest}"
+        );
+        assert!(rest.len() <= 1000);
+        let dropped = total - rest.len() as u64;
+        assert_eq!(
+            head,
+            format!(
+                "[cairn: the first {dropped} bytes of stdout were dropped; the last {} bytes follow]",
+                rest.len()
+            )
+        );
+    }
+
+    #[test]
+    fn a_short_output_is_kept_whole() {
+        let mut tail = Tail::new(1000);
+        tail.push(b"one\ntwo");
+        assert_eq!(tail.text("stderr", &redactor(&["two"])), "one\n***");
+    }
+
+    #[test]
+    fn a_cut_never_splits_a_secret_or_a_character() {
+        let r = redactor(&["hunter2"]);
+        let text = b"aaaa hunter2 bbbb";
+        for end in 0..=text.len() {
+            let cut = r.safe_cut(&text[..end]);
+            assert!(cut <= end);
+            // The secret is bytes 5..12: no cut inside it, whole or partly written.
+            assert!(
+                !(5 < cut && cut < 12),
+                "cut {cut} of {end} splits the secret"
+            );
+        }
+        assert_eq!(r.safe_cut(b"xx hunte"), 2);
+        assert_eq!(r.safe_cut(b"xx hunter2 yyyyyyyy"), 13);
+        assert_eq!(redactor(&[]).safe_cut("aé".as_bytes()), 3);
+        assert_eq!(redactor(&["xx"]).safe_cut("aéx".as_bytes()), 3);
+        assert_eq!(redactor(&["xy"]).safe_cut("aé".as_bytes()), 1);
     }
 }
