@@ -113,9 +113,12 @@ pub const DEFAULT_OUTPUT_LIMIT: usize = 1 << 20;
 
 impl Engine {
     /// Opens the store, its container service and a solver whose cache is the store's database.
+    /// Deletes what processes killed mid-exec left: their containers and their secret files.
     pub async fn open(options: StoreOptions) -> Result<Engine, EngineError> {
         let store = Store::open(options)?;
         let containers = Containers::open(store.clone()).await?;
+        // Secret files of execs whose process was killed: nothing else would delete them.
+        ops::remove_dead_secret_dirs();
         let cache = cache::SqliteCache::open(&store.root().join("metadata.db"))?;
         let solver = Solver::new(Arc::new(cache));
         let hasher = Arc::new(TreeHasher::open(store.root().join("metadata.db"))?);

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -794,11 +794,32 @@ fn set_env(env: &mut Vec<String>, key: &str, value: &str) {
 /// A private directory (0700, outside the store, on tmpfs when there is one) holding the secret
 /// files of one exec and, when its environment holds secrets, its runtime bundle; deleted when
 /// dropped.
+///
+/// A process killed during the exec cannot delete it, so its owner holds a lock on the file
+/// `lock` in it for as long as the directory lives; [`remove_dead_secret_dirs`] (run by every
+/// [`crate::Engine::open`]) deletes the directories whose lock nobody holds.
 struct SecretDir {
     dir: Option<PathBuf>,
     files: Vec<PathBuf>,
     /// The runtime bundle's directory, when the environment holds secrets.
     bundle: Option<PathBuf>,
+    /// Held until the directory is gone: it tells other processes its owner is alive.
+    _alive: Option<Flock<std::fs::File>>,
+}
+
+const SECRET_DIR_PREFIX: &str = "cairn-secrets-";
+
+/// Where secret directories are made: the first of `$XDG_RUNTIME_DIR`, `/dev/shm` (both tmpfs,
+/// never written to disk) and the temp directory that exists.
+fn secret_dir_bases() -> Vec<PathBuf> {
+    let mut bases: Vec<PathBuf> = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([PathBuf::from("/dev/shm"), std::env::temp_dir()])
+        .filter(|d| d.is_dir())
+        .collect();
+    bases.dedup();
+    bases
 }
 
 impl SecretDir {
@@ -808,15 +829,15 @@ impl SecretDir {
                 dir: None,
                 files: Vec::new(),
                 bundle: None,
+                _alive: None,
             });
         }
-        let base = std::env::var_os("XDG_RUNTIME_DIR")
-            .map(PathBuf::from)
-            .filter(|d| d.is_dir())
-            .or_else(|| Some(PathBuf::from("/dev/shm")).filter(|d| d.is_dir()))
+        let base = secret_dir_bases()
+            .into_iter()
+            .next()
             .unwrap_or_else(std::env::temp_dir);
         let dir = base.join(format!(
-            "cairn-secrets-{}",
+            "{SECRET_DIR_PREFIX}{}",
             hex::encode(rand::random::<[u8; 8]>())
         ));
         std::fs::DirBuilder::new()
@@ -827,7 +848,26 @@ impl SecretDir {
             dir: Some(dir.clone()),
             files: Vec::new(),
             bundle: bundle.then(|| dir.join("bundle")),
+            _alive: None,
         };
+        // Locked under another name, then renamed: a cleaner never finds `lock` unlocked
+        // while this process lives. No secret is written before.
+        let temp = dir.join("lock.new");
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)
+            .map_err(io_err("create", &temp))?;
+        let held = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+            EngineError::Io {
+                action: "lock",
+                path: temp.clone(),
+                source: e.into(),
+            }
+        })?;
+        std::fs::rename(&temp, dir.join("lock")).map_err(io_err("rename", &temp))?;
+        this._alive = Some(held);
         for (i, (_, _, value)) in secrets.iter().enumerate() {
             let file = dir.join(i.to_string());
             let mut f = std::fs::OpenOptions::new()
@@ -851,6 +891,64 @@ impl Drop for SecretDir {
             }
         }
     }
+}
+
+/// How long a secret directory may be without its `lock` before it is taken for the leftover
+/// of a process killed while making it (it is locked microseconds after it is made).
+const SECRET_DIR_GRACE: Duration = Duration::from_secs(60);
+
+/// Deletes the secret directories (of this user, where this process would make them) whose
+/// process died during an exec (`kill -9`, a crash): their `lock` is held by nobody. Returns
+/// how many were deleted.
+pub(crate) fn remove_dead_secret_dirs() -> usize {
+    let mut removed = 0;
+    for base in secret_dir_bases() {
+        let Ok(entries) = std::fs::read_dir(&base) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let is_ours = name
+                .to_str()
+                .is_some_and(|n| n.starts_with(SECRET_DIR_PREFIX));
+            // Another user's directory (in a shared /dev/shm) is not ours to judge.
+            let mine = entry
+                .metadata()
+                .is_ok_and(|m| m.is_dir() && m.uid() == nix::unistd::geteuid().as_raw());
+            if !is_ours || !mine {
+                continue;
+            }
+            let dir = entry.path();
+            let dead = match std::fs::File::open(dir.join("lock")) {
+                // Held while we delete, so a (hypothetical) reuse of the name waits.
+                Ok(f) => Flock::lock(f, FlockArg::LockExclusiveNonblock)
+                    .ok()
+                    .map(Some),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => entry
+                    .metadata()
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|t| t.elapsed().ok())
+                    .filter(|age| *age > SECRET_DIR_GRACE)
+                    .map(|_| None),
+                Err(_) => None,
+            };
+            let Some(_held) = dead else { continue };
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    tracing::warn!(path = %dir.display(), error = %e, "remove dead secret directory")
+                }
+            }
+        }
+    }
+    if removed > 0 {
+        tracing::info!(
+            count = removed,
+            "removed secret directories of processes that died"
+        );
+    }
+    removed
 }
 
 impl EngineInner {
@@ -969,5 +1067,35 @@ mod output_tests {
         assert_eq!(redactor(&[]).safe_cut("aé".as_bytes()), 3);
         assert_eq!(redactor(&["xx"]).safe_cut("aéx".as_bytes()), 3);
         assert_eq!(redactor(&["xy"]).safe_cut("aé".as_bytes()), 1);
+    }
+}
+
+#[cfg(test)]
+mod secret_dir_tests {
+    use super::*;
+
+    #[test]
+    fn only_secret_dirs_of_dead_processes_are_removed() {
+        let value = SecretValue(Arc::new(b"s3cret".to_vec()));
+        let live = SecretDir::new(&[("/run/s".into(), "s".into(), value)], true).unwrap();
+        let live_dir = live.dir.clone().unwrap();
+        assert_eq!(std::fs::read(&live.files[0]).unwrap(), b"s3cret");
+        // A directory left by a killed process: its lock file is there, held by nobody.
+        let base = live_dir.parent().unwrap();
+        let dead = base.join(format!("{SECRET_DIR_PREFIX}test-{}", std::process::id()));
+        std::fs::create_dir(&dead).unwrap();
+        std::fs::write(dead.join("lock"), "").unwrap();
+        std::fs::write(dead.join("0"), "s3cret").unwrap();
+        // One being made right now, not locked yet: left alone during its grace time.
+        let young = base.join(format!("{SECRET_DIR_PREFIX}young-{}", std::process::id()));
+        std::fs::create_dir(&young).unwrap();
+
+        assert!(remove_dead_secret_dirs() >= 1);
+        assert!(!dead.exists());
+        assert!(young.exists());
+        assert!(live_dir.join("0").exists(), "a live exec keeps its secrets");
+        drop(live);
+        assert!(!live_dir.exists());
+        std::fs::remove_dir(&young).unwrap();
     }
 }
