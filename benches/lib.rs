@@ -1,1 +1,1 @@
-//! Nothing here: the benchmarks are `benches/unpack.rs` (criterion) and the scripts beside it.
+//! Nothing here: the benchmarks are `benches/unpack.rs` and `benches/hashtree.rs` (criterion) and the scripts beside it.

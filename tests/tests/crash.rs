@@ -108,3 +108,150 @@ fn pull_survives_kill_9_as_root() {
 fn pull_survives_kill_9_rootless() {
     kill_pull_repeatedly(Who::User(cairn_e2e::user_with_subids()), 20);
 }
+
+/// Every file under `root` that contains `needle` (unreadable ones skipped).
+fn files_containing(root: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut hits = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if meta.is_dir() {
+                stack.push(path);
+            } else if meta.is_file() {
+                let data = std::fs::read(&path).unwrap_or_default();
+                if data.windows(needle.len()).any(|w| w == needle) {
+                    hits.push(path);
+                }
+            }
+        }
+    }
+    hits
+}
+
+/// `kill -9` of `cairn run` while a step runs with a secret file mounted and a secret in its
+/// environment: the secret's files (outside the store, on tmpfs) outlive the process, and the
+/// next `cairn run` on the store deletes them.
+fn killed_run_leaves_no_secret_behind(who: Who) {
+    let cairn = Cairn::new(who);
+    let ci = cairn.dir("ci");
+    std::fs::create_dir_all(&ci).unwrap();
+    // A value of this run only: other runs' live secrets are not this test's business.
+    let secret = format!("crash-secret-{:016x}", rand::random::<u64>());
+    let image = fixtures().image("busybox:latest");
+    let slow = ci.join("slow.toml");
+    std::fs::write(
+        &slow,
+        format!(
+            r#"[secrets]
+token = {{ env = "CAIRN_E2E_CRASH_TOKEN" }}
+
+[steps.slow]
+image = "{image}"
+run = "sleep 60"
+secrets = [ {{ name = "token", env = "TOKEN" }}, {{ name = "token", file = "/run/token" }} ]
+"#
+        ),
+    )
+    .unwrap();
+    let quick = ci.join("quick.toml");
+    std::fs::write(
+        &quick,
+        format!("[steps.quick]\nimage = \"{image}\"\nrun = \"true\"\n"),
+    )
+    .unwrap();
+    who.own(&ci);
+    // Where secret directories go: tmpfs, else the temp dir (only its secret directories are
+    // searched; the rest of it is large, and holds the store, searched after the kill).
+    let tmp = std::env::temp_dir();
+    let places: Vec<std::path::PathBuf> = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(Into::into)
+        .into_iter()
+        .chain(["/dev/shm".into()])
+        .filter(|p: &std::path::PathBuf| p.is_dir() && *p != tmp)
+        .chain(
+            std::fs::read_dir(&tmp)
+                .unwrap()
+                .flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with("cairn-secrets-")
+                })
+                .map(|e| e.path()),
+        )
+        .collect();
+    let find = || -> Vec<_> {
+        places
+            .iter()
+            .flat_map(|p| files_containing(p, secret.as_bytes()))
+            .collect()
+    };
+
+    let mut child = cairn
+        .command(&["run", slow.to_str().unwrap(), "--progress", "plain"])
+        .env("CAIRN_E2E_CRASH_TOKEN", &secret)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(cairn.dir("run.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(cairn.dir("run.log")).unwrap_or_default();
+    // Wait until the step runs: its secret file and bundle exist.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut during = find();
+    while during.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        during = find();
+    }
+    assert!(
+        !during.is_empty(),
+        "the step never got its secret: {}",
+        log()
+    );
+    let running_container = || {
+        std::fs::read_dir(cairn.root.join("containers"))
+            .map(|d| d.flatten().any(|e| e.path().join("record.json").exists()))
+            .unwrap_or(false)
+    };
+    while !running_container() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    child.wait().unwrap();
+    // The killed process could not delete its secret files. (Any engine of this user that
+    // opens meanwhile, such as another test's, may already have: they are not checked here.)
+    let in_store = files_containing(&cairn.root, secret.as_bytes());
+    assert!(in_store.is_empty(), "secret in the store: {in_store:?}");
+
+    // The next engine on the store deletes what the dead one left.
+    let out = cairn.run(&["run", quick.to_str().unwrap(), "--progress", "plain"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after: Vec<_> = find()
+        .into_iter()
+        .chain(files_containing(&cairn.root, secret.as_bytes()))
+        .collect();
+    assert!(after.is_empty(), "secret left behind: {after:?}");
+    let dirs_left: Vec<_> = std::fs::read_dir("/dev/shm")
+        .into_iter()
+        .chain(std::fs::read_dir(&tmp))
+        .flatten()
+        .flatten()
+        .filter(|e| during.iter().any(|p| p.starts_with(e.path())))
+        .map(|e| e.path())
+        .collect();
+    assert!(dirs_left.is_empty(), "secret directory left: {dirs_left:?}");
+}
+
+cairn_e2e::identity_tests!([root, subids] killed_run_leaves_no_secret_behind);

@@ -504,3 +504,162 @@ fn build_and_test_example_runs(who: Who) {
         );
     }
 }
+
+/// Solves `c` with progress events; returns its result and the events.
+fn solve_with_events(
+    engine: &Engine,
+    rt: &tokio::runtime::Runtime,
+    c: &cairn_engine::Container,
+) -> (cairn_engine::Output, Vec<cairn_engine::Event>) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let result = rt.block_on(engine.sync_all(
+        std::slice::from_ref(c),
+        cairn_engine::SolveOptions::new().events(tx),
+    ));
+    let mut events = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        events.push(e);
+    }
+    let output = result.into_iter().next().unwrap().unwrap();
+    (output, events)
+}
+
+fn count(events: &[cairn_engine::Event], pick: fn(&cairn_engine::EventKind) -> bool) -> usize {
+    events.iter().filter(|e| pick(&e.kind)).count()
+}
+
+/// A step printing ~20 MiB: its result (and cache record) keeps the last MiB with a line saying
+/// how much was dropped; the log events carry every byte.
+#[test]
+fn large_output_is_capped_in_the_result_and_logged_whole() {
+    let scratch = Scratch::new("engine-output");
+    let (engine, rt) = engine(&scratch);
+    let lines = 2_500_000u64;
+    let c = engine
+        .container()
+        .from(fixtures().image("busybox:latest"))
+        .with_exec([
+            "sh",
+            "-c",
+            &format!("seq 1 {lines}; echo tail-of-stderr >&2"),
+        ]);
+    let printed: u64 = (1..=lines).map(|i| i.to_string().len() as u64 + 1).sum();
+    assert!(printed > 18 << 20, "{printed}");
+
+    let (out, events) = solve_with_events(&engine, &rt, &c);
+    let logged: Vec<u8> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            cairn_engine::EventKind::Log {
+                stream: cairn_engine::LogStream::Stdout,
+                bytes,
+            } => Some(bytes.to_vec()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(logged.len() as u64, printed, "every line is logged");
+    assert!(logged.ends_with(format!("{}\n{lines}\n", lines - 1).as_bytes()));
+
+    let (header, kept) = out.stdout.split_once('\n').unwrap();
+    assert!(
+        kept.len() <= cairn_engine::DEFAULT_OUTPUT_LIMIT,
+        "{}",
+        kept.len()
+    );
+    assert!(kept.len() > cairn_engine::DEFAULT_OUTPUT_LIMIT - 16);
+    assert!(kept.ends_with(&format!("{}\n{lines}\n", lines - 1)));
+    // It starts on a whole line: the line before it ended where the kept text starts.
+    let first = kept.lines().next().unwrap().parse::<u64>().unwrap();
+    assert_eq!(
+        header,
+        format!(
+            "[cairn: the first {} bytes of stdout were dropped; the last {} bytes follow]",
+            printed - kept.len() as u64,
+            kept.len()
+        )
+    );
+    let before: u64 = (1..first).map(|i| i.to_string().len() as u64 + 1).sum();
+    assert_eq!(before, printed - kept.len() as u64);
+    assert_eq!(out.stderr, "tail-of-stderr\n");
+
+    // The cached result replays the same bounded text.
+    let (again, events) = solve_with_events(&engine, &rt, &c);
+    assert_eq!(again.stdout, out.stdout);
+    assert_eq!(
+        count(&events, |k| matches!(
+            k,
+            cairn_engine::EventKind::Completed { .. }
+        )),
+        0
+    );
+
+    // A smaller limit, set on the engine, bounds a new step's result to it.
+    let small = engine.clone().output_limit(100);
+    let c = small
+        .container()
+        .from(fixtures().image("busybox:latest"))
+        .with_exec(["sh", "-c", "seq 1 1000"]);
+    let (out, _) = solve_with_events(&small, &rt, &c);
+    let (header, kept) = out.stdout.split_once('\n').unwrap();
+    assert!(header.starts_with("[cairn: the first "), "{header}");
+    assert!(kept.len() <= 100 && kept.ends_with("999\n1000\n"), "{kept}");
+}
+
+/// A host directory copied into a container: unchanged, nothing runs again (the copy is a
+/// cache hit); one file edited, the copy and the exec run again and see the edit.
+#[test]
+fn an_unchanged_host_directory_is_not_copied_again() {
+    let scratch = Scratch::new("engine-copy");
+    let (engine, rt) = engine(&scratch);
+    let src = scratch.path.join("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    for i in 0..200 {
+        fs::write(src.join("sub").join(format!("f{i}")), format!("{i}\n")).unwrap();
+    }
+    fs::write(src.join("a.txt"), "one\n").unwrap();
+    let build = |engine: &Engine| {
+        engine
+            .container()
+            .from(fixtures().image("busybox:latest"))
+            .with_directory("/src", &engine.host().directory(&src))
+            .with_exec(["sh", "-c", "cat /src/a.txt; ls /src/sub | wc -l"])
+    };
+    let completed =
+        |k: &cairn_engine::EventKind| matches!(k, cairn_engine::EventKind::Completed { .. });
+    let cached = |k: &cairn_engine::EventKind| matches!(k, cairn_engine::EventKind::Cached { .. });
+
+    let (out, events) = solve_with_events(&engine, &rt, &build(&engine));
+    assert_eq!(
+        out.stdout.split_whitespace().collect::<Vec<_>>(),
+        ["one", "200"]
+    );
+    assert!(count(&events, completed) >= 2, "{events:?}");
+
+    // Unchanged: every vertex, the copy included, comes from the cache.
+    let (out, events) = solve_with_events(&engine, &rt, &build(&engine));
+    assert_eq!(
+        out.stdout.split_whitespace().collect::<Vec<_>>(),
+        ["one", "200"]
+    );
+    assert_eq!(count(&events, completed), 0, "{events:?}");
+    assert!(count(&events, cached) >= 3, "{events:?}");
+
+    // Same size, same mtime, new content: the ctime tells, the copy runs again.
+    let file = src.join("a.txt");
+    let mtime = fs::metadata(&file).unwrap().modified().unwrap();
+    fs::write(&file, "two\n").unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let (out, events) = solve_with_events(&engine, &rt, &build(&engine));
+    assert_eq!(
+        out.stdout.split_whitespace().collect::<Vec<_>>(),
+        ["two", "200"]
+    );
+    // The host directory, the copy and the exec.
+    assert_eq!(count(&events, completed), 3, "{events:?}");
+}

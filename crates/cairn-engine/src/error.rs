@@ -125,6 +125,14 @@ pub enum EngineError {
         /// What is there: "a directory", "a symlink loop", "a device" ...
         found: &'static str,
     },
+    /// A host file kept changing while it was read to be hashed.
+    #[error("{path}: changed while it was hashed, {attempts} times in a row")]
+    ChangedWhileHashed {
+        /// The file.
+        path: PathBuf,
+        /// How many reads saw it change.
+        attempts: u32,
+    },
     /// Solving the pipeline failed: a vertex failed or was skipped.
     #[error(transparent)]
     Solve(#[from] SolveError),

@@ -379,7 +379,7 @@ fn list_files(
         let stamp = format!(
             "{}:{:o}:{}:{}.{}",
             meta.file_type().is_symlink(),
-            entry.mode,
+            meta.mode() & 0o7777,
             meta.size(),
             meta.mtime(),
             meta.mtime_nsec()

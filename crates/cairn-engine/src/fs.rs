@@ -2,13 +2,10 @@
 //! and copying them.
 
 use std::fs;
-use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use cairn_oci::Digest;
 use globset::{Glob, GlobSet, GlobSetBuilder};
-use sha2::{Digest as _, Sha256};
 
 use crate::error::{io_err, EngineError};
 
@@ -91,16 +88,24 @@ impl Filter {
             }
         })
     }
+
+    /// Whether a file at `rel` would be taken: included, and neither it nor a directory
+    /// above it excluded.
+    pub(crate) fn takes(&self, rel: &Path) -> bool {
+        self.included(rel)
+            && rel
+                .ancestors()
+                .all(|a| a.as_os_str().is_empty() || !self.excluded(a))
+    }
 }
 
 /// One entry of a walked tree.
 pub(crate) struct Entry {
     pub(crate) rel: PathBuf,
     pub(crate) kind: Kind,
-    pub(crate) mode: u32,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
     Dir,
     File,
@@ -145,57 +150,26 @@ pub(crate) fn walk(root: &Path, filter: &Filter) -> Result<Vec<Entry>, EngineErr
             } else {
                 continue;
             };
-            out.push(Entry {
-                rel,
-                kind,
-                mode: meta.mode() & 0o7777,
-            });
+            out.push(Entry { rel, kind });
         }
     }
     out.sort_by(|a, b| a.rel.cmp(&b.rel));
     Ok(out)
 }
 
+/// The first field of a tree's digest encoding: a change of the encoding changes it, so that no
+/// digest of one encoding is taken for a digest of another.
+pub(crate) const TREE_ENCODING: &[u8] = b"cairn-tree-v1";
+
 /// The content digest of a tree: sha256 over each taken entry, in path order, as its relative
 /// path, type, mode and content (a file's sha256, a symlink's target), each length-prefixed.
-/// Owners and times are left out: a fresh checkout hashes like the old one.
-pub(crate) fn digest(root: &Path, filter: &Filter) -> Result<Digest, EngineError> {
-    let mut h = Sha256::new();
-    let mut put = |b: &[u8]| {
-        h.update((b.len() as u64).to_be_bytes());
-        h.update(b);
-    };
-    put(b"cairn-tree-v1");
-    for e in walk(root, filter)? {
-        let path = root.join(&e.rel);
-        put(e.rel.as_os_str().as_encoded_bytes());
-        let (kind, content): (&[u8], Vec<u8>) = match e.kind {
-            Kind::Dir => (b"d", Vec::new()),
-            Kind::File => (b"f", file_sha256(&path)?.to_vec()),
-            Kind::Symlink => {
-                let target = fs::read_link(&path).map_err(io_err("read link", &path))?;
-                (b"l", target.into_os_string().into_encoded_bytes())
-            }
-        };
-        put(kind);
-        put(&e.mode.to_be_bytes());
-        put(&content);
-    }
-    Ok(Digest::from_sha256_bytes(&h.finalize()))
-}
-
-fn file_sha256(path: &Path) -> Result<[u8; 32], EngineError> {
-    let mut f = fs::File::open(path).map_err(io_err("open", path))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f.read(&mut buf).map_err(io_err("read", path))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().into())
+/// Owners and times are left out: a fresh checkout hashes like the old one. Computed by
+/// [`TreeHasher`](crate::TreeHasher), here without its record of file digests.
+#[cfg(test)]
+pub(crate) fn digest(root: &Path, filter: &Filter) -> Result<cairn_oci::Digest, EngineError> {
+    Ok(crate::TreeHasher::uncached()
+        .digest_filtered(root, filter)?
+        .digest)
 }
 
 /// Copies the entries of `src` the filter takes into `dst` (created with its parents),
@@ -254,8 +228,41 @@ fn remove_existing(path: &Path) -> Result<(), EngineError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use cairn_oci::Digest;
+    use sha2::{Digest as _, Sha256};
+
+    /// The tree digest as it was first defined, computed plainly: one thread, every file read.
+    /// The parallel, recorded digest must stay equal to it.
+    pub(crate) fn reference_digest(root: &Path, filter: &Filter) -> Digest {
+        let mut h = Sha256::new();
+        let mut put = |b: &[u8]| {
+            h.update((b.len() as u64).to_be_bytes());
+            h.update(b);
+        };
+        put(b"cairn-tree-v1");
+        for e in walk(root, filter).unwrap() {
+            let path = root.join(&e.rel);
+            put(e.rel.as_os_str().as_encoded_bytes());
+            let (kind, content): (&[u8], Vec<u8>) = match e.kind {
+                Kind::Dir => (b"d", Vec::new()),
+                Kind::File => (b"f", Sha256::digest(fs::read(&path).unwrap()).to_vec()),
+                Kind::Symlink => (
+                    b"l",
+                    fs::read_link(&path)
+                        .unwrap()
+                        .into_os_string()
+                        .into_encoded_bytes(),
+                ),
+            };
+            put(kind);
+            let mode = fs::symlink_metadata(&path).unwrap().mode() & 0o7777;
+            put(&mode.to_be_bytes());
+            put(&content);
+        }
+        Digest::from_sha256_bytes(&h.finalize())
+    }
 
     fn tree() -> tempfile::TempDir {
         let t = tempfile::tempdir().unwrap();

@@ -60,6 +60,7 @@ mod error;
 mod explain;
 mod files;
 mod fs;
+mod hashcache;
 mod ops;
 mod publish;
 pub use publish::Published;
@@ -81,6 +82,7 @@ pub use cairn_solver::{
 pub use error::{EngineError, ErrorKind};
 pub use explain::{KeyLog, StepFingerprint, StepHistory};
 pub use files::FileSource;
+pub use hashcache::{HashStats, TreeDigest, TreeHasher};
 pub use ops::{CacheSharing, DirSource, ImageState};
 
 use crate::files::{CopyFileOp, FileOp, Mounted, NewFileOp, SubdirOp};
@@ -110,6 +112,8 @@ pub(crate) struct EngineInner {
     store: Store,
     containers: Containers,
     solver: Solver<Output>,
+    /// Hashes host directories, with file digests recorded in `metadata.db`.
+    hasher: Arc<TreeHasher>,
 }
 
 impl EngineInner {
@@ -132,22 +136,32 @@ impl EngineInner {
 pub struct Engine {
     inner: Arc<EngineInner>,
     ignore_cache: bool,
+    output_limit: usize,
 }
+
+/// How many bytes of each of an exec's stdout and stderr its result keeps by default.
+pub const DEFAULT_OUTPUT_LIMIT: usize = 1 << 20;
 
 impl Engine {
     /// Opens the store, its container service and a solver whose cache is the store's database.
+    /// Deletes what processes killed mid-exec left: their containers and their secret files.
     pub async fn open(options: StoreOptions) -> Result<Engine, EngineError> {
         let store = Store::open(options)?;
         let containers = Containers::open(store.clone()).await?;
+        // Secret files of execs whose process was killed: nothing else would delete them.
+        ops::remove_dead_secret_dirs();
         let cache = cache::SqliteCache::open(&store.root().join("metadata.db"))?;
         let solver = Solver::new(Arc::new(cache));
+        let hasher = Arc::new(TreeHasher::open(store.root().join("metadata.db"))?);
         Ok(Engine {
             inner: Arc::new(EngineInner {
                 store,
                 containers,
                 solver,
+                hasher,
             }),
             ignore_cache: false,
+            output_limit: DEFAULT_OUTPUT_LIMIT,
         })
     }
 
@@ -155,6 +169,15 @@ impl Engine {
     /// cached; their fresh results are recorded.
     pub fn ignore_cache(mut self, yes: bool) -> Self {
         self.ignore_cache = yes;
+        self
+    }
+
+    /// This engine, with execs (built from it afterwards) keeping only the last `bytes` bytes
+    /// of each of their stdout and stderr in their results (and the cache), default
+    /// [`DEFAULT_OUTPUT_LIMIT`]. A result that lost bytes starts with a line saying how many.
+    /// Log events ([`EventKind::Log`]) still carry every line.
+    pub fn output_limit(mut self, bytes: usize) -> Self {
+        self.output_limit = bytes;
         self
     }
 
@@ -260,6 +283,7 @@ impl Directory {
         exclude: Vec<String>,
     ) -> Directory {
         let op = HostDirOp {
+            hasher: engine.inner.hasher.clone(),
             path: path.clone(),
             include: include.clone(),
             exclude: exclude.clone(),
@@ -327,6 +351,7 @@ impl Directory {
     pub async fn digest(&self) -> Result<cairn_oci::Digest, EngineError> {
         if let Some((path, include, exclude)) = &self.host {
             let op = HostDirOp {
+                hasher: self.engine.inner.hasher.clone(),
                 path: path.clone(),
                 include: include.clone(),
                 exclude: exclude.clone(),
@@ -335,7 +360,9 @@ impl Directory {
         }
         let tmp = tempdir_in(self.engine.store().root())?;
         self.export(&tmp).await?;
+        // A fresh temporary tree each time: nothing to gain from recording its files.
         let digest = HostDirOp {
+            hasher: Arc::new(TreeHasher::uncached()),
             path: tmp.clone(),
             include: Vec::new(),
             exclude: Vec::new(),
@@ -638,6 +665,7 @@ impl Container {
         let op = ExecOp {
             engine: self.engine.inner.clone(),
             spec,
+            output_limit: self.engine.output_limit,
         };
         // The container, then the mounted directories and files (their keys are the exec's).
         let mounted = self

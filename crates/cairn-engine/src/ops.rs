@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::error::{io_err, EngineError};
-use crate::fs::{copy_tree, digest, Filter};
+use crate::fs::{copy_tree, Filter};
 use crate::{EngineInner, Output};
 
 /// The configuration an image gives its containers, which a container keeps along its chain.
@@ -162,6 +162,8 @@ impl Op<Output> for FromOp {
 
 /// A host directory. Its content digest is its tree's: an edited file gives a new key.
 pub(crate) struct HostDirOp {
+    /// Hashes the tree (in parallel, reading only files changed since it last did).
+    pub(crate) hasher: Arc<crate::TreeHasher>,
     pub(crate) path: PathBuf,
     pub(crate) include: Vec<String>,
     pub(crate) exclude: Vec<String>,
@@ -169,12 +171,13 @@ pub(crate) struct HostDirOp {
 
 impl HostDirOp {
     pub(crate) async fn digest(&self) -> Result<Digest, EngineError> {
-        let (path, include, exclude) = (
+        let (hasher, path, include, exclude) = (
+            self.hasher.clone(),
             self.path.clone(),
             self.include.clone(),
             self.exclude.clone(),
         );
-        tokio::task::spawn_blocking(move || digest(&path, &Filter::new(&path, &include, &exclude)?))
+        tokio::task::spawn_blocking(move || Ok(hasher.digest(&path, &include, &exclude)?.digest))
             .await
             .map_err(|e| EngineError::Invalid {
                 what: "hashing task".into(),
@@ -481,6 +484,40 @@ impl ExecSpec {
 pub(crate) struct Redactor(Vec<String>);
 
 impl Redactor {
+    /// Where `bytes` can be cut so that no secret (nor its start, at the end) lies across the
+    /// cut: at most `bytes.len()`, at a character boundary; 0 when there is no such place.
+    pub(crate) fn safe_cut(&self, bytes: &[u8]) -> usize {
+        let longest = self.0.iter().map(String::len).max().unwrap_or(0);
+        let mut cut = bytes.len().saturating_sub(longest.saturating_sub(1));
+        let needles: Vec<&[u8]> = self
+            .0
+            .iter()
+            .flat_map(|v| [v.as_bytes(), v.trim_end_matches('\n').as_bytes()])
+            .filter(|n| !n.is_empty())
+            .collect();
+        // An occurrence across the cut moves it back to the occurrence's start; repeat until
+        // none lies across.
+        loop {
+            let across = needles.iter().find_map(|n| {
+                let lo = cut.saturating_sub(n.len() - 1);
+                let hi = (cut + n.len() - 1).min(bytes.len());
+                bytes[lo..hi]
+                    .windows(n.len())
+                    .position(|w| w == *n)
+                    .map(|p| lo + p)
+                    .filter(|p| *p < cut)
+            });
+            match across {
+                Some(p) => cut = p,
+                None => break,
+            }
+        }
+        while cut > 0 && cut < bytes.len() && bytes[cut] & 0xC0 == 0x80 {
+            cut -= 1;
+        }
+        cut
+    }
+
     pub(crate) fn mask(&self, text: &str) -> String {
         let mut out = text.to_owned();
         for v in &self.0 {
@@ -499,6 +536,9 @@ impl Redactor {
 pub(crate) struct ExecOp {
     pub(crate) engine: Arc<EngineInner>,
     pub(crate) spec: ExecSpec,
+    /// How many bytes of each of stdout and stderr the result keeps (the last ones); not
+    /// part of the key. Log events carry all of it.
+    pub(crate) output_limit: usize,
 }
 
 impl Op<Output> for ExecOp {
@@ -649,7 +689,7 @@ impl ExecOp {
         drop(tx);
         let running = self.engine.containers.start_request(request, stdio).await?;
         let redactor = spec.redactor();
-        let mut captured = Captured::default();
+        let mut captured = Captured::new(self.output_limit);
         let stop = ctx.cancellation().cancelled();
         let no_labels = BTreeMap::new();
         let finish = running.run_and_commit(None, stop, Duration::from_secs(5), &name, &no_labels);
@@ -665,8 +705,8 @@ impl ExecOp {
         drop(mounted);
         let outcome = outcome?;
         let code = outcome.status.code();
-        let stdout = redactor.mask(&String::from_utf8_lossy(&captured.stdout));
-        let stderr = redactor.mask(&String::from_utf8_lossy(&captured.stderr));
+        let stdout = captured.stdout.text("stdout", &redactor);
+        let stderr = captured.stderr.text("stderr", &redactor);
         if outcome.stopped || outcome.timed_out {
             return Err(EngineError::Stopped {
                 step: spec.label.clone(),
@@ -694,27 +734,47 @@ impl ExecOp {
     }
 }
 
-/// Output read so far, and the partial line of each stream not yet logged (lines are logged
-/// whole, so a secret is masked even when it straddles two reads).
-#[derive(Default)]
+/// Output read so far: the tail of each stream the result keeps, and the partial line of each
+/// stream not yet logged (lines are logged whole, so a secret is masked even when it straddles
+/// two reads).
 struct Captured {
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
+    stdout: Tail,
+    stderr: Tail,
     partial: [Vec<u8>; 2],
 }
 
+/// A line longer than this is logged in pieces (cut where no secret straddles the cut), so
+/// that output without newlines does not pile up in memory.
+const LINE_LIMIT: usize = 64 << 10;
+
 impl Captured {
+    fn new(limit: usize) -> Self {
+        Captured {
+            stdout: Tail::new(limit),
+            stderr: Tail::new(limit),
+            partial: [Vec::new(), Vec::new()],
+        }
+    }
+
     fn push(&mut self, ctx: &ExecContext, redactor: &Redactor, stream: LogStream, bytes: &[u8]) {
         let i = usize::from(stream == LogStream::Stderr);
         match stream {
-            LogStream::Stdout => self.stdout.extend_from_slice(bytes),
-            LogStream::Stderr => self.stderr.extend_from_slice(bytes),
+            LogStream::Stdout => self.stdout.push(bytes),
+            LogStream::Stderr => self.stderr.push(bytes),
         }
         let partial = &mut self.partial[i];
         partial.extend_from_slice(bytes);
         if let Some(end) = partial.iter().rposition(|b| *b == b'\n') {
             let lines: Vec<u8> = partial.drain(..=end).collect();
             ctx.log(stream, redactor.mask(&String::from_utf8_lossy(&lines)));
+        }
+        while partial.len() > LINE_LIMIT {
+            let cut = redactor.safe_cut(partial);
+            if cut == 0 {
+                break;
+            }
+            let piece: Vec<u8> = partial.drain(..cut).collect();
+            ctx.log(stream, redactor.mask(&String::from_utf8_lossy(&piece)));
         }
     }
 
@@ -728,6 +788,63 @@ impl Captured {
     }
 }
 
+/// The last `limit` bytes of a stream, and how many came before them.
+struct Tail {
+    kept: Vec<u8>,
+    dropped: u64,
+    limit: usize,
+}
+
+impl Tail {
+    fn new(limit: usize) -> Self {
+        Tail {
+            kept: Vec::new(),
+            dropped: 0,
+            limit,
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        self.kept.extend_from_slice(bytes);
+        // Trimmed when twice the limit, so that each byte is moved about once.
+        if self.kept.len() > self.limit.saturating_mul(2).max(1 << 16) {
+            self.trim_to(self.limit);
+        }
+    }
+
+    fn trim_to(&mut self, limit: usize) {
+        let excess = self.kept.len().saturating_sub(limit);
+        self.kept.drain(..excess);
+        self.dropped += excess as u64;
+    }
+
+    /// The text kept, secrets masked; when bytes were dropped, it starts at a line (or at
+    /// least a character) boundary, after a first line that says how many.
+    fn text(mut self, stream: &str, redactor: &Redactor) -> String {
+        self.trim_to(self.limit);
+        if self.dropped == 0 {
+            return redactor.mask(&String::from_utf8_lossy(&self.kept));
+        }
+        // A line cut in two may hold a secret cut in two, which masking would not see.
+        let start = match self.kept.iter().position(|b| *b == b'\n') {
+            Some(nl) => nl + 1,
+            None => self
+                .kept
+                .iter()
+                .position(|b| b & 0xC0 != 0x80)
+                .unwrap_or(self.kept.len()),
+        };
+        self.dropped += start as u64;
+        let rest = &self.kept[start..];
+        format!(
+            "[cairn: the first {} bytes of {stream} were dropped; the last {} bytes follow]\n{}",
+            self.dropped,
+            rest.len(),
+            redactor.mask(&String::from_utf8_lossy(rest))
+        )
+    }
+}
+
 pub(crate) fn set_env(env: &mut Vec<String>, key: &str, value: &str) {
     let prefix = format!("{key}=");
     env.retain(|e| !e.starts_with(&prefix) && e != key);
@@ -737,11 +854,32 @@ pub(crate) fn set_env(env: &mut Vec<String>, key: &str, value: &str) {
 /// A private directory (0700, outside the store, on tmpfs when there is one) holding the secret
 /// files of one exec and, when its environment holds secrets, its runtime bundle; deleted when
 /// dropped.
+///
+/// A process killed during the exec cannot delete it, so its owner holds a lock on the file
+/// `lock` in it for as long as the directory lives; [`remove_dead_secret_dirs`] (run by every
+/// [`crate::Engine::open`]) deletes the directories whose lock nobody holds.
 struct SecretDir {
     dir: Option<PathBuf>,
     files: Vec<PathBuf>,
     /// The runtime bundle's directory, when the environment holds secrets.
     bundle: Option<PathBuf>,
+    /// Held until the directory is gone: it tells other processes its owner is alive.
+    _alive: Option<Flock<std::fs::File>>,
+}
+
+const SECRET_DIR_PREFIX: &str = "cairn-secrets-";
+
+/// Where secret directories are made: the first of `$XDG_RUNTIME_DIR`, `/dev/shm` (both tmpfs,
+/// never written to disk) and the temp directory that exists.
+fn secret_dir_bases() -> Vec<PathBuf> {
+    let mut bases: Vec<PathBuf> = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([PathBuf::from("/dev/shm"), std::env::temp_dir()])
+        .filter(|d| d.is_dir())
+        .collect();
+    bases.dedup();
+    bases
 }
 
 impl SecretDir {
@@ -751,15 +889,15 @@ impl SecretDir {
                 dir: None,
                 files: Vec::new(),
                 bundle: None,
+                _alive: None,
             });
         }
-        let base = std::env::var_os("XDG_RUNTIME_DIR")
-            .map(PathBuf::from)
-            .filter(|d| d.is_dir())
-            .or_else(|| Some(PathBuf::from("/dev/shm")).filter(|d| d.is_dir()))
+        let base = secret_dir_bases()
+            .into_iter()
+            .next()
             .unwrap_or_else(std::env::temp_dir);
         let dir = base.join(format!(
-            "cairn-secrets-{}",
+            "{SECRET_DIR_PREFIX}{}",
             hex::encode(rand::random::<[u8; 8]>())
         ));
         std::fs::DirBuilder::new()
@@ -770,7 +908,26 @@ impl SecretDir {
             dir: Some(dir.clone()),
             files: Vec::new(),
             bundle: bundle.then(|| dir.join("bundle")),
+            _alive: None,
         };
+        // Locked under another name, then renamed: a cleaner never finds `lock` unlocked
+        // while this process lives. No secret is written before.
+        let temp = dir.join("lock.new");
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)
+            .map_err(io_err("create", &temp))?;
+        let held = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+            EngineError::Io {
+                action: "lock",
+                path: temp.clone(),
+                source: e.into(),
+            }
+        })?;
+        std::fs::rename(&temp, dir.join("lock")).map_err(io_err("rename", &temp))?;
+        this._alive = Some(held);
         for (i, (_, _, value)) in secrets.iter().enumerate() {
             let file = dir.join(i.to_string());
             let mut f = std::fs::OpenOptions::new()
@@ -794,6 +951,64 @@ impl Drop for SecretDir {
             }
         }
     }
+}
+
+/// How long a secret directory may be without its `lock` before it is taken for the leftover
+/// of a process killed while making it (it is locked microseconds after it is made).
+const SECRET_DIR_GRACE: Duration = Duration::from_secs(60);
+
+/// Deletes the secret directories (of this user, where this process would make them) whose
+/// process died during an exec (`kill -9`, a crash): their `lock` is held by nobody. Returns
+/// how many were deleted.
+pub(crate) fn remove_dead_secret_dirs() -> usize {
+    let mut removed = 0;
+    for base in secret_dir_bases() {
+        let Ok(entries) = std::fs::read_dir(&base) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let is_ours = name
+                .to_str()
+                .is_some_and(|n| n.starts_with(SECRET_DIR_PREFIX));
+            // Another user's directory (in a shared /dev/shm) is not ours to judge.
+            let mine = entry
+                .metadata()
+                .is_ok_and(|m| m.is_dir() && m.uid() == nix::unistd::geteuid().as_raw());
+            if !is_ours || !mine {
+                continue;
+            }
+            let dir = entry.path();
+            let dead = match std::fs::File::open(dir.join("lock")) {
+                // Held while we delete, so a (hypothetical) reuse of the name waits.
+                Ok(f) => Flock::lock(f, FlockArg::LockExclusiveNonblock)
+                    .ok()
+                    .map(Some),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => entry
+                    .metadata()
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|t| t.elapsed().ok())
+                    .filter(|age| *age > SECRET_DIR_GRACE)
+                    .map(|_| None),
+                Err(_) => None,
+            };
+            let Some(_held) = dead else { continue };
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    tracing::warn!(path = %dir.display(), error = %e, "remove dead secret directory")
+                }
+            }
+        }
+    }
+    if removed > 0 {
+        tracing::info!(
+            count = removed,
+            "removed secret directories of processes that died"
+        );
+    }
+    removed
 }
 
 impl EngineInner {
@@ -848,5 +1063,99 @@ impl EngineInner {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod output_tests {
+    use super::*;
+
+    fn redactor(secrets: &[&str]) -> Redactor {
+        Redactor(secrets.iter().map(|s| (*s).to_owned()).collect())
+    }
+
+    #[test]
+    fn a_tail_keeps_the_last_lines_and_says_what_it_dropped() {
+        let r = redactor(&[]);
+        let mut tail = Tail::new(1000);
+        let mut total = 0u64;
+        for i in 0..100_000 {
+            let line = format!("line {i}\n");
+            total += line.len() as u64;
+            tail.push(line.as_bytes());
+            assert!(tail.kept.len() <= 1 << 17, "memory stays bounded");
+        }
+        let text = tail.text("stdout", &r);
+        let (head, rest) = text.split_once('\n').unwrap();
+        assert!(
+            rest.starts_with("line ") && rest.ends_with("line 99999\n"),
+            "{rest}"
+        );
+        assert!(rest.len() <= 1000);
+        let dropped = total - rest.len() as u64;
+        assert_eq!(
+            head,
+            format!(
+                "[cairn: the first {dropped} bytes of stdout were dropped; the last {} bytes follow]",
+                rest.len()
+            )
+        );
+    }
+
+    #[test]
+    fn a_short_output_is_kept_whole() {
+        let mut tail = Tail::new(1000);
+        tail.push(b"one\ntwo");
+        assert_eq!(tail.text("stderr", &redactor(&["two"])), "one\n***");
+    }
+
+    #[test]
+    fn a_cut_never_splits_a_secret_or_a_character() {
+        let r = redactor(&["hunter2"]);
+        let text = b"aaaa hunter2 bbbb";
+        for end in 0..=text.len() {
+            let cut = r.safe_cut(&text[..end]);
+            assert!(cut <= end);
+            // The secret is bytes 5..12: no cut inside it, whole or partly written.
+            assert!(
+                !(5 < cut && cut < 12),
+                "cut {cut} of {end} splits the secret"
+            );
+        }
+        assert_eq!(r.safe_cut(b"xx hunte"), 2);
+        assert_eq!(r.safe_cut(b"xx hunter2 yyyyyyyy"), 13);
+        assert_eq!(redactor(&[]).safe_cut("aé".as_bytes()), 3);
+        assert_eq!(redactor(&["xx"]).safe_cut("aéx".as_bytes()), 3);
+        assert_eq!(redactor(&["xy"]).safe_cut("aé".as_bytes()), 1);
+    }
+}
+
+#[cfg(test)]
+mod secret_dir_tests {
+    use super::*;
+
+    #[test]
+    fn only_secret_dirs_of_dead_processes_are_removed() {
+        let value = SecretValue(Arc::new(b"s3cret".to_vec()));
+        let live = SecretDir::new(&[("/run/s".into(), "s".into(), value)], true).unwrap();
+        let live_dir = live.dir.clone().unwrap();
+        assert_eq!(std::fs::read(&live.files[0]).unwrap(), b"s3cret");
+        // A directory left by a killed process: its lock file is there, held by nobody.
+        let base = live_dir.parent().unwrap();
+        let dead = base.join(format!("{SECRET_DIR_PREFIX}test-{}", std::process::id()));
+        std::fs::create_dir(&dead).unwrap();
+        std::fs::write(dead.join("lock"), "").unwrap();
+        std::fs::write(dead.join("0"), "s3cret").unwrap();
+        // One being made right now, not locked yet: left alone during its grace time.
+        let young = base.join(format!("{SECRET_DIR_PREFIX}young-{}", std::process::id()));
+        std::fs::create_dir(&young).unwrap();
+
+        assert!(remove_dead_secret_dirs() >= 1);
+        assert!(!dead.exists());
+        assert!(young.exists());
+        assert!(live_dir.join("0").exists(), "a live exec keeps its secrets");
+        drop(live);
+        assert!(!live_dir.exists());
+        std::fs::remove_dir(&young).unwrap();
     }
 }

@@ -380,9 +380,11 @@ impl<R: Clone + Send + Sync + 'static> Solver<R> {
         let mut jobs = lock(&self.inner.jobs);
         if let Some(job) = jobs.get(id.digest()) {
             let mut state = lock(&job.progress.state);
-            // A cancelled job is winding down for nobody; start afresh instead.
+            // A cancelled job is winding down for nobody; start afresh instead. So is a
+            // finished one not yet out of the map: its inputs may have changed since (an
+            // edited host file), and a new job finds an unchanged result in the cache.
             let usable = match &*job.outcome.borrow() {
-                Some(outcome) => !matches!(outcome.status, VertexStatus::Cancelled),
+                Some(_) => false,
                 None => !job.token.is_cancelled(),
             };
             if usable {
