@@ -231,7 +231,11 @@ impl TreeHasher {
         });
         let mut walked = walked?;
         let records = records?;
-        walked.sort_by(|a, b| a.rel.cmp(&b.rel));
+        // Path order (component by component), compared as bytes with `/` below every other
+        // byte, which is the same order: `Path::cmp` took a tenth of a warm run.
+        walked.sort_unstable_by(|a, b| {
+            path_order(a.rel.as_os_str().as_bytes(), b.rel.as_os_str().as_bytes())
+        });
 
         let hits = AtomicU64::new(0);
         let bytes = AtomicU64::new(0);
@@ -414,6 +418,13 @@ impl TreeHasher {
         }
         tx.commit().map_err(&err)
     }
+}
+
+/// The order of [`Path::cmp`] for relative paths without `.` or empty components: bytes
+/// compared with `/` (the component separator) ranked below every other byte.
+fn path_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    let rank = |c: u8| if c == b'/' { 0u16 } else { u16::from(c) + 1 };
+    a.iter().map(|&c| rank(c)).cmp(b.iter().map(|&c| rank(c)))
 }
 
 fn default_threads() -> usize {
@@ -648,6 +659,17 @@ mod tests {
 
     fn hasher(dir: &Path) -> TreeHasher {
         TreeHasher::open(dir.join("metadata.db")).unwrap()
+    }
+
+    #[test]
+    fn path_order_is_the_order_of_paths() {
+        let mut names = vec![
+            "a", "a/b", "a-c", "a/b/c", "a.b", "ab", "a/-", "b", "a/b-c", "a/b/-", "A", "a0",
+        ];
+        let mut by_path = names.clone();
+        by_path.sort_by(|x, y| Path::new(x).cmp(Path::new(y)));
+        names.sort_by(|x, y| path_order(x.as_bytes(), y.as_bytes()));
+        assert_eq!(names, by_path);
     }
 
     #[test]
