@@ -117,7 +117,7 @@ pub fn pack_layer<W: Write + Send>(
 ) -> Result<PackedLayer, PackError> {
     let span = tracing::debug_span!("pack_layer", upper = %upper.display());
     let _enter = span.enter();
-    let counted = Counting {
+    let counted = HashingWriter {
         inner: out,
         hasher: Sha256Writer::new(),
     };
@@ -140,7 +140,7 @@ pub fn pack_layer<W: Write + Send>(
             (entries, diff_id, enc.finish().map_err(PackError::Write)?)
         }
     };
-    let Counting { mut inner, hasher } = counted;
+    let HashingWriter { mut inner, hasher } = counted;
     inner.flush().map_err(PackError::Write)?;
     let size = hasher.written();
     let packed = PackedLayer {
@@ -466,31 +466,14 @@ impl<R: Read> Read for Exact<R> {
     }
 }
 
-/// Hashes what is written through it (the uncompressed tar).
+/// Hashes what is written through it: the uncompressed tar (the diff id) and, wrapped around
+/// the compressor's output, the blob (its digest).
 struct HashingWriter<W> {
     inner: W,
     hasher: Sha256Writer,
 }
 
 impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// Hashes and counts the compressed output.
-struct Counting<W> {
-    inner: W,
-    hasher: Sha256Writer,
-}
-
-impl<W: Write> Write for Counting<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.hasher.update(&buf[..n]);
