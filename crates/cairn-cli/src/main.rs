@@ -122,6 +122,12 @@ fn main() -> ExitCode {
     // Before anything else, and before any thread: this process may be the store's helper.
     cairn_images::init();
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Exec(_) | Command::Run(_)) {
+        // Still single-threaded: fork the runtime helper now rather than execute this
+        // program again for it when the first container starts. If the fork fails, the
+        // helper is executed then as usual.
+        let _ = cairn_runtime::prefork_helper();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")

@@ -224,20 +224,29 @@ impl Connection {
     /// kernel ties the parent-death signal to the parent *thread*, and the thread also reads
     /// the helper's messages.
     fn start(options: RuntimeOptions, view: CgroupView) -> Result<Connection, RuntimeError> {
-        let (ours, theirs) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .map_err(|e| RuntimeError::Spawn {
-            program: options.program.display().to_string(),
-            source: e.into(),
-        })?;
-        let reader_sock = ours.try_clone().map_err(|source| RuntimeError::Spawn {
-            program: options.program.display().to_string(),
+        let preforked = crate::prefork::take();
+        let program = match &preforked {
+            Some(p) => format!("forked runtime helper {}", p.pid),
+            None => options.program.display().to_string(),
+        };
+        let spawn_err = |source| RuntimeError::Spawn {
+            program: program.clone(),
             source,
-        })?;
+        };
+        let (ours, theirs) = match preforked {
+            Some(p) => (p.sock.try_clone().map_err(spawn_err)?, Launch::Preforked(p)),
+            None => {
+                let (ours, theirs) = socketpair(
+                    AddressFamily::Unix,
+                    SockType::SeqPacket,
+                    None,
+                    SockFlag::SOCK_CLOEXEC,
+                )
+                .map_err(|e| spawn_err(e.into()))?;
+                (ours, Launch::Spawn(theirs))
+            }
+        };
+        let reader_sock = ours.try_clone().map_err(spawn_err)?;
         let shared = Arc::new(Shared {
             sock: ours,
             send_lock: Mutex::new(()),
@@ -246,11 +255,10 @@ impl Connection {
         });
         let weak = Arc::downgrade(&shared);
         let (started_tx, started_rx) = std::sync::mpsc::channel();
-        let program = options.program.display().to_string();
         std::thread::Builder::new()
             .name("cairn-runtime".into())
             .spawn(move || {
-                let child = match spawn_helper(&options, view, theirs, reader_sock.as_fd()) {
+                let child = match launch_helper(&options, view, theirs, reader_sock.as_fd()) {
                     Ok(child) => {
                         let _ = started_tx.send(Ok(()));
                         child
@@ -262,10 +270,7 @@ impl Connection {
                 };
                 read_loop(reader_sock, weak, child);
             })
-            .map_err(|source| RuntimeError::Spawn {
-                program: program.clone(),
-                source,
-            })?;
+            .map_err(spawn_err)?;
         started_rx.recv().map_err(|_| RuntimeError::Handshake {
             pid: 0,
             reason: "the thread starting the runtime helper died".into(),
@@ -425,22 +430,124 @@ impl Connection {
     }
 }
 
-fn spawn_helper(
+/// How a helper comes to be: the program executed with the helper's end of a new socket
+/// pair, or the child that [`crate::prefork_helper`] forked, which holds its end already.
+enum Launch {
+    Spawn(OwnedFd),
+    Preforked(crate::prefork::Preforked),
+}
+
+/// A running helper process.
+enum HelperProcess {
+    Spawned(std::process::Child),
+    Forked(nix::unistd::Pid),
+}
+
+impl HelperProcess {
+    fn pid(&self) -> u32 {
+        match self {
+            HelperProcess::Spawned(child) => child.id(),
+            HelperProcess::Forked(pid) => pid.as_raw() as u32,
+        }
+    }
+
+    fn kill(&mut self) {
+        match self {
+            HelperProcess::Spawned(child) => {
+                let _ = child.kill();
+            }
+            HelperProcess::Forked(pid) => {
+                let _ = nix::sys::signal::kill(*pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+
+    /// Waits for it to exit; how it ended, for messages.
+    fn wait(&mut self) -> String {
+        match self {
+            HelperProcess::Spawned(child) => match child.wait() {
+                Ok(status) => status.to_string(),
+                Err(e) => format!("wait: {e}"),
+            },
+            HelperProcess::Forked(pid) => loop {
+                match nix::sys::wait::waitpid(*pid, None) {
+                    Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => {
+                        break format!("exit status: {code}")
+                    }
+                    Ok(nix::sys::wait::WaitStatus::Signaled(_, signal, _)) => {
+                        break format!("signal: {signal}")
+                    }
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => break format!("wait: {e}"),
+                }
+            },
+        }
+    }
+}
+
+fn launch_helper(
     options: &RuntimeOptions,
     view: CgroupView,
-    theirs: OwnedFd,
+    launch: Launch,
     ours: std::os::fd::BorrowedFd<'_>,
-) -> Result<std::process::Child, RuntimeError> {
-    let program = options.program.display().to_string();
-    let spawn_err = |source| RuntimeError::Spawn {
-        program: program.clone(),
-        source,
-    };
+) -> Result<HelperProcess, RuntimeError> {
     let mode = match (&options.mapping, view) {
         (None, CgroupView::Own) => "root",
         (None, CgroupView::Host) => "root-host-cgroups",
         (Some(m), _) if m.is_full() => "rootless",
         (Some(_), _) => "rootless-single",
+    };
+    let mut child = match launch {
+        Launch::Spawn(theirs) => HelperProcess::Spawned(spawn_helper(options, mode, theirs)?),
+        Launch::Preforked(preforked) => {
+            let role = crate::prefork::Role {
+                state_root: options.state_root.clone(),
+                mode: mode.to_owned(),
+                userns: options.mapping.is_some(),
+            };
+            let pid = preforked.pid;
+            if let Err(source) = crate::prefork::send_role(&preforked, &role) {
+                let mut child = HelperProcess::Forked(pid);
+                child.kill();
+                child.wait();
+                return Err(RuntimeError::Spawn {
+                    program: format!("forked runtime helper {pid}"),
+                    source,
+                });
+            }
+            HelperProcess::Forked(pid)
+        }
+    };
+    if let Some(mapping) = &options.mapping {
+        let pid = child.pid();
+        let mut buf = [0u8; 512];
+        let read_line = || -> std::io::Result<String> {
+            let n = nix::unistd::read(ours, &mut buf)?;
+            Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+        };
+        let write_line = |line: &str| -> std::io::Result<()> {
+            nix::unistd::write(ours, line.as_bytes())?;
+            Ok(())
+        };
+        if let Err(e) = crate::userns::map_after_ready(pid, mapping, read_line, write_line) {
+            child.kill();
+            child.wait();
+            return Err(e);
+        }
+    }
+    debug!(pid = child.pid(), mode, "runtime helper started");
+    Ok(child)
+}
+
+/// Executes the program as a helper, the socket for its stdin and stdout.
+fn spawn_helper(
+    options: &RuntimeOptions,
+    mode: &str,
+    theirs: OwnedFd,
+) -> Result<std::process::Child, RuntimeError> {
+    let spawn_err = |source| RuntimeError::Spawn {
+        program: options.program.display().to_string(),
+        source,
     };
     let mut command = Command::new(&options.program);
     command
@@ -453,30 +560,11 @@ fn spawn_helper(
     if options.mapping.is_some() {
         command.env(crate::HELPER_ENV, "1");
     }
-    let mut child = command.spawn().map_err(spawn_err)?;
-    if let Some(mapping) = &options.mapping {
-        let pid = child.id();
-        let mut buf = [0u8; 512];
-        let read_line = || -> std::io::Result<String> {
-            let n = nix::unistd::read(ours, &mut buf)?;
-            Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
-        };
-        let write_line = |line: &str| -> std::io::Result<()> {
-            nix::unistd::write(ours, line.as_bytes())?;
-            Ok(())
-        };
-        if let Err(e) = crate::userns::map_after_ready(pid, mapping, read_line, write_line) {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(e);
-        }
-    }
-    debug!(pid = child.id(), mode, "runtime helper started");
-    Ok(child)
+    command.spawn().map_err(spawn_err)
 }
 
 /// Dispatches the helper's messages until it goes away, then fails everything still waiting.
-fn read_loop(sock: OwnedFd, shared: Weak<Shared>, mut child: std::process::Child) {
+fn read_loop(sock: OwnedFd, shared: Weak<Shared>, mut child: HelperProcess) {
     let mut buf = Vec::new();
     let reason = loop {
         match proto::recv::<Reply>(sock.as_fd(), &mut buf) {
@@ -505,9 +593,10 @@ fn read_loop(sock: OwnedFd, shared: Weak<Shared>, mut child: std::process::Child
         }
     };
     let status = child.wait();
-    let reason = match status {
-        Ok(s) if !reason.is_empty() => format!("{reason} ({s})"),
-        _ => reason,
+    let reason = if reason.is_empty() {
+        reason
+    } else {
+        format!("{reason} ({status})")
     };
     if let Some(shared) = shared.upgrade() {
         let mut pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());

@@ -73,17 +73,47 @@ pub fn serve(args: &[std::ffi::OsString]) -> ! {
             std::process::exit(0);
         }
     }
-    let (Some(state_root), Some(mode)) = (args.first(), args.get(1)) else {
+    let sock = match std::io::stdin().as_fd().try_clone_to_owned() {
+        Ok(sock) => sock,
+        Err(e) => {
+            eprintln!("cairn runtime helper: stdin: {e}");
+            std::process::exit(2);
+        }
+    };
+    serve_on(sock, args)
+}
+
+/// The terminal sends Ctrl-C's SIGINT (and SIGQUIT, and SIGHUP on hang-up) to the whole
+/// foreground process group, which the helper shares with the engine so that a container
+/// reading the terminal is not a background job. The engine decides what such a signal means
+/// for its containers (SIGTERM, a grace period, SIGKILL); the helper must outlive it to carry
+/// that out, so it ignores them. Containers' inits restore the defaults.
+fn ignore_terminal_signals() {
+    sys::ignore_signals(&[Signal::SIGINT, Signal::SIGQUIT, Signal::SIGHUP]);
+}
+
+/// [`serve`] on a connected socket: also the entry of a helper forked by
+/// [`crate::prefork_helper`], which never executes the program again.
+pub(crate) fn serve_on<S: AsRef<std::ffi::OsStr>>(sock: OwnedFd, args: &[S]) -> ! {
+    ignore_terminal_signals();
+    let (Some(state_root), Some(mode)) = (
+        args.first().map(|a| a.as_ref()),
+        args.get(1).map(|a| a.as_ref()),
+    ) else {
         eprintln!("cairn runtime helper: usage: {RUNTIME_HELPER_ARG} STATE_ROOT MODE");
         std::process::exit(2);
     };
+    let mode = mode.to_str().unwrap_or_default();
     let rootless = mode != "root" && mode != "root-host-cgroups";
-    if mode != "root-host-cgroups" {
-        if let Err(e) = own_cgroup_view() {
-            // Containers still run; libcgroups then works on the host's hierarchies, which
-            // fails for a plain user (it says so when a container is created).
-            warn!("runtime helper: no cgroup namespace of its own: {e}");
-        }
+    let view = match mode {
+        "root-host-cgroups" => Ok(()),
+        "root" => no_cgroup_view(),
+        _ => own_cgroup_view(),
+    };
+    if let Err(e) = view {
+        // Containers still run; libcgroups then works on the host's hierarchies, which
+        // fails for a plain user (it says so when a container is created).
+        warn!("runtime helper: no cgroup view of its own: {e}");
     }
     let mut server = Server {
         state_root: PathBuf::from(state_root),
@@ -93,7 +123,6 @@ pub fn serve(args: &[std::ffi::OsString]) -> ! {
         single_id: mode == "rootless-single",
         running: HashMap::new(),
     };
-    let sock = std::io::stdin();
     let mut buf = Vec::new();
     loop {
         let ids: Vec<String> = server.running.keys().cloned().collect();
@@ -129,6 +158,39 @@ pub fn serve(args: &[std::ffi::OsString]) -> ! {
             }
         }
     }
+}
+
+/// No cgroup hierarchy at all, for root containers without limits: in a mount namespace of
+/// the helper's own, the host's hierarchies are detached and an empty read-only tmpfs takes
+/// their place. libcgroups then finds no controller mounted and has nothing to do, where a
+/// cgroup of its own per container cost a directory, and moving the container's first
+/// process into it a wait for an RCU grace period (6–10 ms here) on every start: crun
+/// avoids that with `CLONE_INTO_CGROUP`, which libcontainer does not use. Such a cgroup
+/// would hold no limit, and the pid namespace already ends every process of a container
+/// with its init. (A rootless helper cannot detach the host's mounts; it uses
+/// [`own_cgroup_view`].)
+fn no_cgroup_view() -> nix::Result<()> {
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )?;
+    match umount2("/sys/fs/cgroup", MntFlags::MNT_DETACH) {
+        // Not a mount point on this host: nothing to detach.
+        Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
+        Err(e) => return Err(e),
+    }
+    mount(
+        Some("tmpfs"),
+        "/sys/fs/cgroup",
+        Some("tmpfs"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("size=4k,mode=755"),
+    )
 }
 
 /// A cgroup namespace with cgroup2 mounted over `/sys/fs/cgroup`, in a mount namespace of the

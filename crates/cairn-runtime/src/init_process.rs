@@ -63,6 +63,10 @@ impl Executor for ReaperExecutor {
                 std::process::exit(126);
             }
         }
+        // The helper ignores the terminal's signals (see `helper::ignore_terminal_signals`);
+        // an ignored signal is dropped even while blocked, so restore the defaults before
+        // waiting for signals to forward.
+        sys::reset_signal_dispositions();
         let all = SigSet::all();
         let _ = all.thread_block();
         if self.tty {

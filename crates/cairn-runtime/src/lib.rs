@@ -23,6 +23,7 @@ pub mod config;
 pub mod helper;
 mod idmap;
 mod init_process;
+mod prefork;
 mod proto;
 mod seccomp;
 pub mod spec;
@@ -33,6 +34,7 @@ mod userns;
 pub use client::{ContainerStdio, ExitWaiter, Runtime, RuntimeOptions, Started};
 pub use config::{ContainerConfig, ExtraMount, Network, ProcessUser, Resources, RootfsMount};
 pub use idmap::{IdMapping, IdRange};
+pub use prefork::prefork_helper;
 pub use userns::{init, spawn_in_user_namespace, UsernsChild, HELPER_ENV};
 
 /// How a container ended.

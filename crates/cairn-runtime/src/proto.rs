@@ -77,7 +77,27 @@ pub(crate) fn recv<T: for<'de> Deserialize<'de>>(
     sock: BorrowedFd<'_>,
     buf: &mut Vec<u8>,
 ) -> std::io::Result<Option<(T, Vec<OwnedFd>)>> {
-    buf.resize(MAX_MESSAGE, 0);
+    // Size the buffer to the waiting packet (SEQPACKET keeps message boundaries, and
+    // MSG_TRUNC makes a peek report the whole length): a buffer of MAX_MESSAGE zeroed up
+    // front cost 256 page faults on each side of every helper.
+    let waiting = loop {
+        match nix::sys::socket::recv(
+            sock.as_raw_fd(),
+            &mut [],
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_TRUNC,
+        ) {
+            Ok(n) => break n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    if waiting > MAX_MESSAGE {
+        return Err(std::io::Error::other(format!(
+            "message of {waiting} bytes is over the limit of {MAX_MESSAGE}"
+        )));
+    }
+    buf.clear();
+    buf.resize(waiting.max(1), 0);
     let mut space = nix::cmsg_space!([RawFd; 8]);
     let (len, fds) = loop {
         let mut iov = [IoSliceMut::new(buf)];

@@ -491,15 +491,17 @@ fn cgroups_path(ctx: &SpecContext) -> Result<PathBuf, RuntimeError> {
     Ok(path)
 }
 
-/// The cgroup settings. A rootless helper can write none (not even the device rules
-/// libcgroups always adds), so without limits it gets no resources section at all; a limit
-/// asked for then fails at create time, as it should. As root the section is always there,
-/// with the devices cgroup closed to all but libcgroups' default devices.
+/// The cgroup settings. Without limits and without a devices controller to close, there
+/// is nothing to write and no resources section at all: a rootless helper can write none
+/// (not even the device rules libcgroups always adds), and a root helper with its own view
+/// has no hierarchy in sight. A limit asked for where it cannot be set then fails at create
+/// time, as it should. Where the devices controller is in view (root, host hierarchies), the
+/// devices cgroup is closed to all but libcgroups' default devices.
 fn resources(
     resources: &Resources,
     ctx: &SpecContext,
 ) -> Result<Option<LinuxResources>, RuntimeError> {
-    if ctx.rootless && !resources.any() {
+    if !ctx.device_rules && !resources.any() {
         return Ok(None);
     }
     let mut builder = LinuxResourcesBuilder::default();
@@ -1051,8 +1053,18 @@ mod tests {
     }
 
     #[test]
-    fn rootful_without_limits_closes_the_devices_cgroup_only() {
+    fn rootful_without_limits_or_devices_controller_has_no_resources_section() {
         let spec = build_spec(&config(), &rootful()).expect("spec");
+        assert!(spec.linux().as_ref().expect("linux").resources().is_none());
+    }
+
+    #[test]
+    fn rootful_without_limits_closes_the_devices_cgroup_only() {
+        let ctx = SpecContext {
+            device_rules: true,
+            ..rootful()
+        };
+        let spec = build_spec(&config(), &ctx).expect("spec");
         let resources = spec
             .linux()
             .as_ref()

@@ -119,6 +119,35 @@ pub(crate) fn reset_signal_dispositions() {
     }
 }
 
+/// Sets `signals` to be ignored.
+pub(crate) fn ignore_signals(signals: &[nix::sys::signal::Signal]) {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet};
+    let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+    for signal in signals {
+        // SAFETY: SIG_IGN runs no code of ours in signal context.
+        let _ = unsafe { sigaction(*signal, &ignore) };
+    }
+}
+
+/// Closes every descriptor of the process from 3 up, except `keep`: a forked helper starts
+/// with what an `exec` would have left it, not with the parent's files.
+pub(crate) fn close_descriptors_except(keep: RawFd) {
+    let close = |first: RawFd, last: RawFd| {
+        if first <= last {
+            // SAFETY: close_range takes two numbers and a flag; it only closes descriptors.
+            // It runs in a freshly forked child that owns no Rust object of these numbers
+            // it will use again: the parent's objects are never dropped in the child.
+            unsafe { libc::syscall(libc::SYS_close_range, first as u32, last as u32, 0) };
+        }
+    };
+    if keep >= 3 {
+        close(3, keep - 1);
+        close(keep + 1, RawFd::MAX);
+    } else {
+        close(3, RawFd::MAX);
+    }
+}
+
 /// `execvp(3)` that returns only the error.
 pub(crate) fn exec(args: &[CString]) -> Errno {
     match nix::unistd::execvp(&args[0], args) {

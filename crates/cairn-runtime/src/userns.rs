@@ -23,31 +23,48 @@ pub fn init() {
     // Still single-threaded here, when changing the environment is sound; removing the
     // variable keeps it out of anything the helper itself starts.
     std::env::remove_var(HELPER_ENV);
-    let fail = |what: &str, e: &dyn std::fmt::Display| -> ! {
-        let _ = writeln!(std::io::stdout(), "error: {what}: {e}");
+    let entered = enter_user_namespace(
+        |line| {
+            let mut out = std::io::stdout();
+            writeln!(out, "{line}").and_then(|_| out.flush())
+        },
+        || {
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line)?;
+            Ok(line)
+        },
+    );
+    if let Err(e) = entered {
+        let _ = writeln!(std::io::stdout(), "error: {e}");
         std::process::exit(125);
-    };
+    }
+}
+
+/// The helper's half of the start-up handshake: enter a new user namespace (and a mount
+/// namespace of its own) dying with the parent, say so with `say`, wait until `hear` brings
+/// word that the parent wrote the id mapping, and become root of the namespace. The process
+/// must be single-threaded (the kernel refuses `unshare(CLONE_NEWUSER)` otherwise).
+pub(crate) fn enter_user_namespace(
+    say: impl FnOnce(&str) -> std::io::Result<()>,
+    hear: impl FnOnce() -> std::io::Result<String>,
+) -> Result<(), String> {
     // Die with the parent: a helper left behind would hold the store.
-    if let Err(e) = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL) {
-        fail("set parent-death signal", &e);
-    }
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .map_err(|e| format!("set parent-death signal: {e}"))?;
     use nix::sched::CloneFlags;
-    if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS) {
-        fail("unshare user and mount namespaces", &e);
-    }
-    let mut out = std::io::stdout();
-    if writeln!(out, "{READY}").and_then(|_| out.flush()).is_err() {
-        std::process::exit(125);
-    }
-    let mut line = String::new();
-    if std::io::stdin().lock().read_line(&mut line).is_err() || line.trim() != MAPPED {
+    nix::sched::unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS)
+        .map_err(|e| format!("unshare user and mount namespaces: {e}"))?;
+    say(READY).map_err(|e| format!("tell the parent: {e}"))?;
+    match hear() {
+        Ok(line) if line.trim() == MAPPED => {}
         // The parent could not map us (it said why on its side) or went away.
-        std::process::exit(125);
+        _ => return Err("the parent did not map the namespace's ids".into()),
     }
     // Become root in full: the uid is mapped to 0 already, make the gid match too.
     let root = nix::unistd::Gid::from_raw(0);
     let _ = nix::unistd::setresgid(root, root, root);
     let _ = nix::unistd::setresuid(0.into(), 0.into(), 0.into());
+    Ok(())
 }
 
 /// A helper running inside its own user namespace, with its stdin and stdout for the caller's
