@@ -35,7 +35,7 @@ impl SqliteCache {
             source,
         };
         let db = cairn_snapshot::open_database(path).map_err(err)?;
-        db.execute_batch(SCHEMA).map_err(err)?;
+        cairn_snapshot::apply_schema(&db, "cache", SCHEMA).map_err(err)?;
         Ok(SqliteCache {
             path: path.to_owned(),
             db: Mutex::new(db),

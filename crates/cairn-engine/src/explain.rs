@@ -408,7 +408,7 @@ impl Engine {
             source,
         };
         let db = cairn_snapshot::open_database(&path).map_err(err)?;
-        db.execute_batch(SCHEMA).map_err(err)?;
+        cairn_snapshot::apply_schema(&db, "step_history", SCHEMA).map_err(err)?;
         Ok(StepHistory {
             path,
             scope: scope.into(),

@@ -175,7 +175,7 @@ impl TreeHasher {
             source,
         };
         let db = cairn_snapshot::open_database(path).map_err(err)?;
-        db.execute_batch(SCHEMA).map_err(err)?;
+        cairn_snapshot::apply_schema(&db, "host_file_hashes", SCHEMA).map_err(err)?;
         Ok(TreeHasher {
             db: Some((path.to_owned(), Mutex::new(db))),
             threads: default_threads(),

@@ -238,8 +238,8 @@ impl Store {
             source,
         };
         let db = cairn_snapshot::open_database(&db_path).map_err(db_err)?;
-        db.execute_batch(SCHEMA).map_err(db_err)?;
-        db.execute_batch(crate::publish::SCHEMA).map_err(db_err)?;
+        cairn_snapshot::apply_schema(&db, "images", SCHEMA).map_err(db_err)?;
+        cairn_snapshot::apply_schema(&db, "publish", crate::publish::SCHEMA).map_err(db_err)?;
 
         let (lease, lease_lock) = take_lease(&root.join("leases"))?;
         let store = Store {

@@ -115,6 +115,10 @@ pub(crate) fn serve_on<S: AsRef<std::ffi::OsStr>>(sock: OwnedFd, args: &[S]) -> 
         // fails for a plain user (it says so when a container is created).
         warn!("runtime helper: no cgroup view of its own: {e}");
     }
+    // Kept open until the helper exits: see its doc.
+    let _jit_memory = sys::socket_holding_jit_memory()
+        .map_err(|e| debug!("runtime helper: no BPF program to hold JIT memory: {e}"))
+        .ok();
     let mut server = Server {
         state_root: PathBuf::from(state_root),
         host_cgroups: mode == "root-host-cgroups",

@@ -84,8 +84,7 @@ pub(crate) fn send_role(preforked: &Preforked, role: &Role) -> std::io::Result<(
 
 /// The forked child: wait for its [`Role`], then serve as an executed helper would.
 fn child_main(sock: OwnedFd, parent: Pid) -> ! {
-    if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err()
-        || nix::unistd::getppid() != parent
+    if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err() || nix::unistd::getppid() != parent
     {
         sys::exit_now(0);
     }

@@ -148,6 +148,47 @@ pub(crate) fn close_descriptors_except(keep: RawFd) {
     }
 }
 
+/// A socket with a one-instruction classic BPF filter attached, which the kernel compiles
+/// (JIT) into its shared pool of executable memory, as it does each container's seccomp
+/// filter. That pool is allocated in 2 MiB packs, and a pack is freed with the last program
+/// in it: on a host with no other BPF program loaded, every container start allocated,
+/// filled and re-protected a fresh pack and freed it at exit. A runtime helper holds this
+/// socket for its whole life so the pack stays; measured here, 10 ms of CPU per container.
+pub(crate) fn socket_holding_jit_memory() -> Result<OwnedFd, Errno> {
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // BPF_RET | BPF_K: accept every packet (the socket never receives one).
+    let accept_all = [libc::sock_filter {
+        code: (libc::BPF_RET | libc::BPF_K) as u16,
+        jt: 0,
+        jf: 0,
+        k: u32::MAX,
+    }];
+    let prog = libc::sock_fprog {
+        len: accept_all.len() as u16,
+        filter: accept_all.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: `prog` points at `accept_all`, alive for the call; the kernel copies the
+    // program and keeps no pointer to our memory.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            &prog as *const libc::sock_fprog as *const libc::c_void,
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(Errno::last());
+    }
+    Ok(sock)
+}
+
 /// `execvp(3)` that returns only the error.
 pub(crate) fn exec(args: &[CString]) -> Errno {
     match nix::unistd::execvp(&args[0], args) {

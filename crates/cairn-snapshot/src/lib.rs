@@ -29,7 +29,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 pub use overlay::{
-    open_database, remove_tree_local, LocalRemover, OverlayConfig, OverlaySnapshotter, TreeRemover,
+    apply_schema, open_database, remove_tree_local, LocalRemover, OverlayConfig,
+    OverlaySnapshotter, TreeRemover,
 };
 
 /// One mount a caller performs to see a snapshot: the data form of `mount(2)` arguments.

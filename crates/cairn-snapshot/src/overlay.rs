@@ -116,13 +116,53 @@ CREATE INDEX IF NOT EXISTS snapshots_parent ON snapshots(parent_id);
 /// Opens an SQLite database the way every cairn table expects: write-ahead log (readers do not
 /// block the writer), full sync (a committed transaction survives a crash), and a long busy
 /// timeout because other cairn processes on the same store take the write lock in turn.
+///
+/// Closing the last connection does not checkpoint the log: that is a write of the changed
+/// pages and an fsync at the end of every short-lived process (`cairn exec`), and SQLite
+/// checkpoints anyway once the log passes 1000 pages.
 pub fn open_database(path: &Path) -> Result<Connection, rusqlite::Error> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(120))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+        true,
+    )?;
     Ok(conn)
+}
+
+/// Creates the tables of one part of the store, named `part`, unless this very `sql` was
+/// applied to the database before. Every statement of `sql` must be idempotent (`CREATE …
+/// IF NOT EXISTS`): a changed text is simply applied again.
+///
+/// Parsing a part's `CREATE` statements on every open cost more than the rest of opening a
+/// store; looking up the text applied last is one indexed read.
+pub fn apply_schema(conn: &Connection, part: &str, sql: &str) -> Result<(), rusqlite::Error> {
+    use rusqlite::OptionalExtension as _;
+    let applied: Option<String> = conn
+        .query_row(
+            "SELECT sql FROM cairn_schemas WHERE part = ?1",
+            [part],
+            |row| row.get(0),
+        )
+        .optional()
+        // No such table yet: a new store.
+        .unwrap_or(None);
+    if applied.as_deref() == Some(sql) {
+        return Ok(());
+    }
+    let tx = conn.unchecked_transaction()?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS cairn_schemas (part TEXT PRIMARY KEY, sql TEXT NOT NULL)",
+    )?;
+    tx.execute_batch(sql)?;
+    tx.execute(
+        "INSERT OR REPLACE INTO cairn_schemas (part, sql) VALUES (?1, ?2)",
+        [part, sql],
+    )?;
+    tx.commit()
 }
 
 /// How long a `new-` directory may stay unlocked before cleaners take it for debris: its
@@ -161,7 +201,7 @@ impl OverlaySnapshotter {
             source,
         };
         let conn = open_database(db_path).map_err(db_err)?;
-        conn.execute_batch(SCHEMA).map_err(db_err)?;
+        apply_schema(&conn, "snapshots", SCHEMA).map_err(db_err)?;
         Ok(OverlaySnapshotter {
             root: root.to_owned(),
             db_path: db_path.to_owned(),
