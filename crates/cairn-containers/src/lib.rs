@@ -468,6 +468,8 @@ impl Containers {
         stdio: ContainerStdio,
     ) -> Result<RunningContainer, ContainersError> {
         let store = &self.inner.store;
+        let runtime = self.runtime().await?.clone();
+        runtime.start_helper_for(&request.resources);
         let id = hex::encode(rand::random::<[u8; 6]>());
         debug!(container = %id, label = %request.label, "creating container");
         let dir = self.inner.dir.join(&id);
@@ -498,13 +500,6 @@ impl Containers {
             Ok(c) => c,
             Err(e) => {
                 let _ = store.remove_tree(&dir);
-                return Err(e);
-            }
-        };
-        let runtime = match self.runtime().await {
-            Ok(r) => r.clone(),
-            Err(e) => {
-                self.discard(&id);
                 return Err(e);
             }
         };

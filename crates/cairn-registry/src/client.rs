@@ -97,6 +97,9 @@ impl std::fmt::Debug for RegistryClient {
 impl RegistryClient {
     /// A client with `config`. Nothing is read or connected until the first request.
     pub fn new(config: RegistryConfig) -> Self {
+        // rustls needs one crypto provider per process; cairn's is *ring*. A program that
+        // embeds cairn and installed its own first keeps it.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         RegistryClient {
             inner: Arc::new(Inner {
                 config,

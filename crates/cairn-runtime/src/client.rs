@@ -150,11 +150,29 @@ impl Runtime {
     }
 
     fn view_for(&self, config: &ContainerConfig) -> CgroupView {
-        if self.options.mapping.is_none() && config.resources.any() {
+        self.view_for_resources(&config.resources)
+    }
+
+    fn view_for_resources(&self, resources: &crate::Resources) -> CgroupView {
+        if self.options.mapping.is_none() && resources.any() {
             CgroupView::Host
         } else {
             CgroupView::Own
         }
+    }
+
+    /// Starts, in the background, the helper that a container asking for `resources` will
+    /// run in, so that its start (a user namespace's id mapping, for a rootless store)
+    /// overlaps whatever the caller prepares meanwhile. [`Runtime::create`] waits for it, and
+    /// reports its failure. Call from within a tokio runtime.
+    pub fn start_helper_for(&self, resources: &crate::Resources) {
+        let view = self.view_for_resources(resources);
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = this.connection(view).await {
+                debug!(error = %e, "runtime helper started ahead of time failed");
+            }
+        });
     }
 
     /// Creates and starts the container `id` with the bundle directory `bundle` (the helper

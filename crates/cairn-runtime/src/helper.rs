@@ -50,8 +50,11 @@ struct Server {
     /// libcontainer's state root: one directory per container.
     state_root: PathBuf,
     /// The host's v1 cgroup hierarchies are in view (their devices controller enforces the
-    /// spec's device rules); otherwise the helper has its own cgroup2 view.
+    /// spec's device rules); otherwise the helper has a view of its own.
     host_cgroups: bool,
+    /// No cgroup hierarchy is in view at all (see [`no_cgroup_view`]): containers get no
+    /// cgroup, and their state is only their state directory.
+    no_cgroups: bool,
     /// The seccomp profile compiled to BPF, once per helper (see [`crate::seccomp::compile`]).
     seccomp: Option<std::sync::Arc<Vec<u8>>>,
     rootless: bool,
@@ -110,6 +113,7 @@ pub(crate) fn serve_on<S: AsRef<std::ffi::OsStr>>(sock: OwnedFd, args: &[S]) -> 
         "root" => no_cgroup_view(),
         _ => own_cgroup_view(),
     };
+    let no_cgroups = mode == "root" && view.is_ok();
     if let Err(e) = view {
         // Containers still run; libcgroups then works on the host's hierarchies, which
         // fails for a plain user (it says so when a container is created).
@@ -122,6 +126,7 @@ pub(crate) fn serve_on<S: AsRef<std::ffi::OsStr>>(sock: OwnedFd, args: &[S]) -> 
     let mut server = Server {
         state_root: PathBuf::from(state_root),
         host_cgroups: mode == "root-host-cgroups",
+        no_cgroups,
         seccomp: None,
         rootless,
         single_id: mode == "rootless-single",
@@ -420,7 +425,13 @@ impl Server {
                 }
             }
         };
-        if let Err(e) = running.container.delete(true) {
+        if self.no_cgroups {
+            // No cgroup was made (no hierarchy is in view) and no hooks are set: the state
+            // directory is all there is. libcontainer's delete would look for the cgroup
+            // anyway, reading mountinfo once per controller through freshly verified procfs
+            // handles: a millisecond here, after every container.
+            self.remove_state(id);
+        } else if let Err(e) = running.container.delete(true) {
             warn!(id, error = %e, "delete container state");
             self.remove_state(id);
         }

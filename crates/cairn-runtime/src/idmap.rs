@@ -109,8 +109,13 @@ impl IdMapping {
                 write("gid_map", format!("0 {gid} 1\n"))
             }
             IdMapping::Full { uids, gids } => {
-                run_map_tool("newuidmap", pid, uids)?;
-                run_map_tool("newgidmap", pid, gids)
+                // The two tools write different files; run them side by side (each is a
+                // setuid program start, a few milliseconds here).
+                let uid_tool = start_map_tool("newuidmap", pid, uids)?;
+                let gid_tool = start_map_tool("newgidmap", pid, gids);
+                let uid_result = uid_tool.finish();
+                gid_tool?.finish()?;
+                uid_result
             }
         }
     }
@@ -135,7 +140,19 @@ impl fmt::Display for IdMapping {
     }
 }
 
-fn run_map_tool(tool: &'static str, pid: u32, ranges: &[IdRange]) -> Result<(), RuntimeError> {
+/// A running `newuidmap` or `newgidmap`.
+struct MapTool {
+    tool: &'static str,
+    pid: u32,
+    mapping: String,
+    child: std::process::Child,
+}
+
+fn start_map_tool(
+    tool: &'static str,
+    pid: u32,
+    ranges: &[IdRange],
+) -> Result<MapTool, RuntimeError> {
     let mut args = vec![pid.to_string()];
     for r in ranges {
         args.extend([
@@ -144,22 +161,44 @@ fn run_map_tool(tool: &'static str, pid: u32, ranges: &[IdRange]) -> Result<(), 
             r.count.to_string(),
         ]);
     }
-    let out = std::process::Command::new(tool)
+    let child = std::process::Command::new(tool)
         .args(&args)
-        .output()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .map_err(|source| RuntimeError::Spawn {
             program: tool.to_owned(),
             source,
         })?;
-    if !out.status.success() {
-        return Err(RuntimeError::MapRefused {
-            tool,
-            pid,
-            mapping: args[1..].join(" "),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        });
+    Ok(MapTool {
+        tool,
+        pid,
+        mapping: args[1..].join(" "),
+        child,
+    })
+}
+
+impl MapTool {
+    /// Waits for the tool; its own verdict, not just that it ran.
+    fn finish(self) -> Result<(), RuntimeError> {
+        let out = self
+            .child
+            .wait_with_output()
+            .map_err(|source| RuntimeError::Spawn {
+                program: self.tool.to_owned(),
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(RuntimeError::MapRefused {
+                tool: self.tool,
+                pid: self.pid,
+                mapping: self.mapping,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 fn find_in_path(program: &str) -> Option<std::path::PathBuf> {
