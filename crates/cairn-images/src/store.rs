@@ -390,7 +390,10 @@ impl Store {
             let Some(owner) = info.labels.get(LEASE_LABEL) else {
                 continue;
             };
-            if !live.contains(owner) {
+            // The lease list above may predate the owner: a process that took its lease
+            // after the list was read and has prepared this snapshot since. Its lease file
+            // was locked and named before it made anything, so asking again now is exact.
+            if !live.contains(owner) && !self.lease_is_live(owner) {
                 match inner.snapshots.remove(&info.name) {
                     Ok(()) => removed_snapshots += 1,
                     Err(e) => {

@@ -36,6 +36,10 @@ use crate::{sys, ExitStatus};
 /// The first argument that makes a program serve as the runtime helper (see [`crate::init`]).
 pub const RUNTIME_HELPER_ARG: &str = "__cairn-runtime-helper";
 
+/// The command line of a serving helper (and so of every container's pid 1): it names
+/// neither the store nor the engine's arguments.
+pub const PROCESS_TITLE: &str = "cairn-runtime-helper";
+
 /// Set by the engine to its own pid: a helper whose parent is someone else exits at once
 /// (the engine died between spawning it and the helper arming its parent-death signal).
 pub(crate) const PARENT_ENV: &str = "_CAIRN_RUNTIME_PARENT";
@@ -98,6 +102,7 @@ fn ignore_terminal_signals() {
 /// [`serve`] on a connected socket: also the entry of a helper forked by
 /// [`crate::prefork_helper`], which never executes the program again.
 pub(crate) fn serve_on<S: AsRef<std::ffi::OsStr>>(sock: OwnedFd, args: &[S]) -> ! {
+    sys::set_process_title(PROCESS_TITLE);
     ignore_terminal_signals();
     let (Some(state_root), Some(mode)) = (
         args.first().map(|a| a.as_ref()),

@@ -189,6 +189,40 @@ pub(crate) fn socket_holding_jit_memory() -> Result<OwnedFd, Errno> {
     Ok(sock)
 }
 
+/// Overwrites the process's command line (`/proc/PID/cmdline`, what `ps` shows and what a
+/// container reads as its pid 1's) with `title`, in the argument block the kernel placed on
+/// the stack at `exec`; a title longer than that block is cut.
+///
+/// A runtime helper's arguments name the store, and a helper forked from the engine carries
+/// the engine's whole command line; containers are clones of the helper and would show either
+/// to the command as `/proc/1/cmdline`.
+pub(crate) fn set_process_title(title: &str) {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return;
+    };
+    // Fields resume after the command name's closing parenthesis; the first one after it is
+    // field 3, so arg_start and arg_end (fields 48 and 49) are at 45 and 46.
+    let Some(rest) = stat.rfind(')').and_then(|i| stat.get(i + 2..)) else {
+        return;
+    };
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let number = |i: usize| fields.get(i).and_then(|f| f.trim().parse::<usize>().ok());
+    let (Some(start), Some(end)) = (number(45), number(46)) else {
+        return;
+    };
+    if start == 0 || end <= start {
+        return;
+    }
+    // SAFETY: [arg_start, arg_end) is the argument block the kernel copied to the top of the
+    // main thread's stack at exec: mapped and writable for the life of the process. The
+    // process is single-threaded here (a runtime helper before it serves), and nothing reads
+    // the arguments afterwards (`std::env::args` is not called again).
+    let block = unsafe { std::slice::from_raw_parts_mut(start as *mut u8, end - start) };
+    block.fill(0);
+    let n = title.len().min(block.len() - 1);
+    block[..n].copy_from_slice(&title.as_bytes()[..n]);
+}
+
 /// `execvp(3)` that returns only the error.
 pub(crate) fn exec(args: &[CString]) -> Errno {
     match nix::unistd::execvp(&args[0], args) {
