@@ -14,6 +14,10 @@
 //! [`helper::RUNTIME_HELPER_ARG`]); in a helper `init` enters the namespace before any thread
 //! exists (the kernel refuses `unshare(CLONE_NEWUSER)` to multithreaded processes).
 //!
+//! A short-lived program that will run a container may also call [`prefork_helper`] right
+//! after the init hook, still single-threaded: its first runtime helper is then a fork
+//! taken there instead of the program executed again (`cairn exec` and `cairn run` do).
+//!
 //! All `unsafe` code of cairn is in the private `sys` module.
 
 #![deny(missing_docs)]
