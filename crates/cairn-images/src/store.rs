@@ -7,7 +7,7 @@ use cairn_content::ContentStore;
 use cairn_oci::{Digest, ImageSource};
 use cairn_registry::{RegistryClient, RegistryConfig};
 use cairn_runtime::IdMapping;
-use cairn_snapshot::{Kind, OverlayConfig, OverlaySnapshotter, Snapshotter};
+use cairn_snapshot::{OverlayConfig, OverlaySnapshotter, Snapshotter};
 use nix::fcntl::{Flock, FlockArg};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
@@ -383,10 +383,7 @@ impl Store {
             }
         }
         let mut removed_snapshots = 0;
-        for info in inner.snapshots.walk()? {
-            if info.kind == Kind::Committed {
-                continue;
-            }
+        for info in inner.snapshots.walk_uncommitted()? {
             let Some(owner) = info.labels.get(LEASE_LABEL) else {
                 continue;
             };

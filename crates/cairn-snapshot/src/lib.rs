@@ -238,6 +238,17 @@ pub trait Snapshotter: Send + Sync {
     /// Every snapshot.
     fn walk(&self) -> Result<Vec<Info>, SnapshotError>;
 
+    /// The snapshots not committed (active ones and views): what a process that died may
+    /// have left. A store looks at these on every open, so an implementation should not
+    /// read the committed ones, which grow with every cached step.
+    fn walk_uncommitted(&self) -> Result<Vec<Info>, SnapshotError> {
+        Ok(self
+            .walk()?
+            .into_iter()
+            .filter(|info| info.kind != Kind::Committed)
+            .collect())
+    }
+
     /// Disk used by one snapshot's own directory.
     fn usage(&self, key: &str) -> Result<Usage, SnapshotError>;
 }

@@ -689,6 +689,21 @@ impl Snapshotter for OverlaySnapshotter {
         rows.into_iter().map(|r| self.info(&conn, r)).collect()
     }
 
+    fn walk_uncommitted(&self) -> Result<Vec<Info>, SnapshotError> {
+        let conn = self.conn();
+        let rows: Vec<Row> = conn
+            .prepare(
+                "SELECT id, name, kind, parent_id, labels, created FROM snapshots \
+                 WHERE kind != ?1 ORDER BY id",
+            )
+            .and_then(|mut s| {
+                s.query_map([Kind::Committed.as_str()], Self::map_row)?
+                    .collect()
+            })
+            .map_err(self.db_err())?;
+        rows.into_iter().map(|r| self.info(&conn, r)).collect()
+    }
+
     fn usage(&self, key: &str) -> Result<Usage, SnapshotError> {
         let id = {
             let conn = self.conn();
@@ -794,6 +809,23 @@ mod tests {
             s.prepare("k", Some("active"), &labels()),
             Err(SnapshotError::Precondition { .. })
         ));
+        // What an interrupted process may leave: the views and the active one, in order,
+        // and none of the committed layers.
+        let uncommitted: Vec<(String, Kind)> = s
+            .walk_uncommitted()
+            .unwrap()
+            .into_iter()
+            .map(|i| (i.name, i.kind))
+            .collect();
+        assert_eq!(
+            uncommitted,
+            [
+                ("view-1".to_owned(), Kind::View),
+                ("view-2".to_owned(), Kind::View),
+                ("active".to_owned(), Kind::Active)
+            ]
+        );
+        assert_eq!(s.walk().unwrap().len(), 5);
         let err = s.commit("layer-1", "active", &labels()).unwrap_err();
         assert!(matches!(err, SnapshotError::AlreadyExists(_)), "{err}");
 
