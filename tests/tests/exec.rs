@@ -393,6 +393,7 @@ cairn_e2e::identity_tests!(
     timeout_stops_the_container,
     zombies_are_reaped,
     sigterm_to_cairn_stops_the_container,
+    ctrl_c_to_the_process_group_stops_the_container,
     ps_lists_and_kill_stops,
     ps_while_exec_starts,
     kill_9_of_cairn_leaves_nothing_running,
@@ -1206,6 +1207,33 @@ fn sigterm_to_cairn_stops_the_container(who: Who) {
     assert!(process_gone(init), "container init {init} still runs");
     assert_eq!(cairn.ok(&["ps", "--format", "json"]), "");
     assert_no_container_state(&cairn, "after SIGTERM");
+}
+
+/// A terminal's Ctrl-C: SIGINT to cairn's whole process group, which holds cairn's runtime
+/// helper too. The helper must outlive it so that cairn can stop the container as it does
+/// for SIGTERM (the command ends with SIGINT's or SIGTERM's status, never cairn's 125).
+fn ctrl_c_to_the_process_group_stops_the_container(who: Who) {
+    use std::os::unix::process::CommandExt;
+    let (cairn, image) = setup(who);
+    let mut command = cairn.command(&["exec", &image, "sh", "-c", &ready_then_sleep("")]);
+    command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = command.spawn().expect("spawn cairn exec");
+    let record = wait_for_container(&cairn, &mut child);
+    let init = record["pid"].as_i64().expect("pid in ps");
+    kill(Pid::from_raw(-(child.id() as i32)), Signal::SIGINT).unwrap();
+    let out = finish(
+        child,
+        None,
+        Duration::from_secs(20),
+        "cairn exec after Ctrl-C",
+    );
+    assert!([130, 143].contains(&exit_code(&out)), "{}", describe(&out));
+    assert!(process_gone(init), "container init {init} still runs");
+    assert_eq!(cairn.ok(&["ps", "--format", "json"]), "");
+    assert_no_container_state(&cairn, "after Ctrl-C");
 }
 
 // 17. ps and kill.

@@ -95,7 +95,7 @@ pub fn serve(args: &[std::ffi::OsString]) -> ! {
 /// reading the terminal is not a background job. The engine decides what such a signal means
 /// for its containers (SIGTERM, a grace period, SIGKILL); the helper must outlive it to carry
 /// that out, so it ignores them. Containers' inits restore the defaults.
-fn ignore_terminal_signals() {
+pub(crate) fn ignore_terminal_signals() {
     sys::ignore_signals(&[Signal::SIGINT, Signal::SIGQUIT, Signal::SIGHUP]);
 }
 

@@ -88,6 +88,9 @@ fn child_main(sock: OwnedFd, parent: Pid) -> ! {
     {
         sys::exit_now(0);
     }
+    // Ctrl-C reaches this waiting child too (it shares the program's process group); the
+    // program decides what it means, and may still need its helper to stop containers.
+    crate::helper::ignore_terminal_signals();
     // An executed helper has the socket for stdin and stdout and keeps only stderr of the
     // program's descriptors; a pipe on the program's stdout must not stay open in the helper.
     if let Ok(null) = std::fs::File::options()
