@@ -87,7 +87,7 @@ pub fn serve(args: &[std::ffi::OsString]) -> ! {
             std::process::exit(2);
         }
     };
-    serve_on(sock, args)
+    serve_on(sock, args, None)
 }
 
 /// The terminal sends Ctrl-C's SIGINT (and SIGQUIT, and SIGHUP on hang-up) to the whole
@@ -101,7 +101,11 @@ pub(crate) fn ignore_terminal_signals() {
 
 /// [`serve`] on a connected socket: also the entry of a helper forked by
 /// [`crate::prefork_helper`], which never executes the program again.
-pub(crate) fn serve_on<S: AsRef<std::ffi::OsStr>>(sock: OwnedFd, args: &[S]) -> ! {
+pub(crate) fn serve_on<S: AsRef<std::ffi::OsStr>>(
+    sock: OwnedFd,
+    args: &[S],
+    jit_memory: Option<OwnedFd>,
+) -> ! {
     sys::set_process_title(PROCESS_TITLE);
     ignore_terminal_signals();
     let (Some(state_root), Some(mode)) = (
@@ -125,9 +129,11 @@ pub(crate) fn serve_on<S: AsRef<std::ffi::OsStr>>(sock: OwnedFd, args: &[S]) -> 
         warn!("runtime helper: no cgroup view of its own: {e}");
     }
     // Kept open until the helper exits: see its doc.
-    let _jit_memory = sys::socket_holding_jit_memory()
-        .map_err(|e| debug!("runtime helper: no BPF program to hold JIT memory: {e}"))
-        .ok();
+    let _jit_memory = jit_memory.or_else(|| {
+        sys::socket_holding_jit_memory()
+            .map_err(|e| debug!("runtime helper: no BPF program to hold JIT memory: {e}"))
+            .ok()
+    });
     let mut server = Server {
         state_root: PathBuf::from(state_root),
         host_cgroups: mode == "root-host-cgroups",

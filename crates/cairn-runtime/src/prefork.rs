@@ -102,6 +102,9 @@ fn child_main(sock: OwnedFd, parent: Pid) -> ! {
         let _ = nix::unistd::dup2_stdout(&null);
     }
     sys::close_descriptors_except(sock.as_raw_fd());
+    // Taken now, while the program is still opening its store, rather than on the way to the
+    // first container (see its doc).
+    let jit_memory = sys::socket_holding_jit_memory().ok();
     let mut buf = Vec::new();
     let role: Role = match proto::recv(sock.as_fd(), &mut buf) {
         Ok(Some((role, _))) => role,
@@ -126,5 +129,5 @@ fn child_main(sock: OwnedFd, parent: Pid) -> ! {
         }
     }
     let args = [role.state_root.into_os_string(), role.mode.into()];
-    crate::helper::serve_on(sock, &args)
+    crate::helper::serve_on(sock, &args, jit_memory)
 }
