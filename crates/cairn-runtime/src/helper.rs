@@ -180,6 +180,22 @@ pub(crate) fn serve_on<S: AsRef<std::ffi::OsStr>>(
     }
 }
 
+/// A mount namespace of the helper's own (with the namespaces in `also`), every mount in it
+/// private: nothing the helper mounts or detaches reaches the host, and back.
+fn private_mount_namespace(also: nix::sched::CloneFlags) -> nix::Result<()> {
+    use nix::mount::{mount, MsFlags};
+    // A rootless helper has a mount namespace of its own from `init` already; for root this
+    // is the first one.
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS | also)?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+}
+
 /// No cgroup hierarchy at all, for root containers without limits: in a mount namespace of
 /// the helper's own, the host's hierarchies are detached and an empty read-only tmpfs takes
 /// their place. libcgroups then finds no controller mounted and has nothing to do, where a
@@ -191,14 +207,7 @@ pub(crate) fn serve_on<S: AsRef<std::ffi::OsStr>>(
 /// [`own_cgroup_view`].)
 fn no_cgroup_view() -> nix::Result<()> {
     use nix::mount::{mount, umount2, MntFlags, MsFlags};
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )?;
+    private_mount_namespace(nix::sched::CloneFlags::empty())?;
     match umount2("/sys/fs/cgroup", MntFlags::MNT_DETACH) {
         // Not a mount point on this host: nothing to detach.
         Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
@@ -214,24 +223,13 @@ fn no_cgroup_view() -> nix::Result<()> {
 }
 
 /// A cgroup namespace with cgroup2 mounted over `/sys/fs/cgroup`, in a mount namespace of the
-/// helper's own. libcgroups then sees a unified hierarchy: a plain user may not write it and
-/// libcgroups leaves it alone, instead of failing on the host's v1 hierarchies
-/// (libcontainer-facts: "no flag skips it"); root gets one cheap directory there instead of
-/// one in each of a v1 host's dozen hierarchies.
+/// helper's own, for rootless helpers. libcgroups then sees a unified hierarchy: a plain user
+/// may not write it and libcgroups leaves it alone, instead of failing on the host's v1
+/// hierarchies (libcontainer-facts: "no flag skips it"). Where the host delegates a cgroup2
+/// subtree to the user, containers get a cgroup there.
 fn own_cgroup_view() -> nix::Result<()> {
     use nix::mount::{mount, MsFlags};
-    // A rootless helper has its own mount namespace from `init` already; for root this is
-    // the first one.
-    nix::sched::unshare(
-        nix::sched::CloneFlags::CLONE_NEWCGROUP | nix::sched::CloneFlags::CLONE_NEWNS,
-    )?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )?;
+    private_mount_namespace(nix::sched::CloneFlags::CLONE_NEWCGROUP)?;
     mount(
         Some("cgroup2"),
         "/sys/fs/cgroup",
