@@ -112,6 +112,25 @@ pub(crate) enum Kind {
     Symlink,
 }
 
+impl Kind {
+    /// What a walk takes an entry of type `ft` at `rel` for: every directory not excluded
+    /// (it may hold included files), files and symlinks the filter includes, and nothing else
+    /// (sockets, fifos, devices). Shared by [`walk`] and the parallel hashing walk.
+    pub(crate) fn of_entry(ft: fs::FileType, rel: &Path, filter: &Filter) -> Option<Kind> {
+        if filter.excluded(rel) {
+            None
+        } else if ft.is_dir() {
+            Some(Kind::Dir)
+        } else if ft.is_file() && filter.included(rel) {
+            Some(Kind::File)
+        } else if ft.is_symlink() && filter.included(rel) {
+            Some(Kind::Symlink)
+        } else {
+            None
+        }
+    }
+}
+
 /// The entries under `root` the filter takes, sorted by relative path (parents first).
 /// Sockets, fifos and devices are left out.
 pub(crate) fn walk(root: &Path, filter: &Filter) -> Result<Vec<Entry>, EngineError> {
@@ -139,17 +158,12 @@ pub(crate) fn walk(root: &Path, filter: &Filter) -> Result<Vec<Entry>, EngineErr
             }
             let path = root.join(&rel);
             let meta = fs::symlink_metadata(&path).map_err(io_err("stat", &path))?;
-            let ft = meta.file_type();
-            let kind = if ft.is_dir() {
-                stack.push(rel.clone());
-                Kind::Dir
-            } else if ft.is_file() && filter.included(&rel) {
-                Kind::File
-            } else if ft.is_symlink() && filter.included(&rel) {
-                Kind::Symlink
-            } else {
+            let Some(kind) = Kind::of_entry(meta.file_type(), &rel, filter) else {
                 continue;
             };
+            if kind == Kind::Dir {
+                stack.push(rel.clone());
+            }
             out.push(Entry { rel, kind });
         }
     }

@@ -553,17 +553,12 @@ fn list_dir(
         }
         // fstatat on the directory's descriptor: no path lookup from the root.
         let meta = entry.metadata().map_err(io_err("stat", &root.join(&rel)))?;
-        let ft = meta.file_type();
-        let kind = if ft.is_dir() {
-            subdirs.push(rel.clone());
-            Kind::Dir
-        } else if ft.is_file() && filter.included(&rel) {
-            Kind::File
-        } else if ft.is_symlink() && filter.included(&rel) {
-            Kind::Symlink
-        } else {
+        let Some(kind) = Kind::of_entry(meta.file_type(), &rel, filter) else {
             continue;
         };
+        if kind == Kind::Dir {
+            subdirs.push(rel.clone());
+        }
         found.push(Walked {
             rel,
             kind,

@@ -160,25 +160,16 @@ pub fn apply_schema(conn: &Connection, part: &str, sql: &str) -> Result<(), rusq
     // A deferred transaction would start reading (a `CREATE … IF NOT EXISTS` of an existing
     // table only reads), and its write at the end fails at once with "database is locked"
     // when another process committed in between, as two processes opening a new store do.
-    conn.execute_batch("BEGIN IMMEDIATE")?;
-    let applied = conn
-        .execute_batch(
-            "CREATE TABLE IF NOT EXISTS cairn_schemas (part TEXT PRIMARY KEY, sql TEXT NOT NULL)",
-        )
-        .and_then(|()| conn.execute_batch(sql))
-        .and_then(|()| {
-            conn.execute(
-                "INSERT OR REPLACE INTO cairn_schemas (part, sql) VALUES (?1, ?2)",
-                [part, sql],
-            )
-        });
-    match applied {
-        Ok(_) => conn.execute_batch("COMMIT"),
-        Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK");
-            Err(e)
-        }
-    }
+    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS cairn_schemas (part TEXT PRIMARY KEY, sql TEXT NOT NULL)",
+    )?;
+    tx.execute_batch(sql)?;
+    tx.execute(
+        "INSERT OR REPLACE INTO cairn_schemas (part, sql) VALUES (?1, ?2)",
+        [part, sql],
+    )?;
+    tx.commit()
 }
 
 /// How long a `new-` directory may stay unlocked before cleaners take it for debris: its
