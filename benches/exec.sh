@@ -6,6 +6,12 @@
 #
 #   benches/exec.sh [ROUNDS]            default: 30 rounds, the busybox fixture image
 #
+# runc and crun run twice: with the spec their `spec` command writes (three capabilities, no
+# seccomp profile, a network namespace), and with the isolation `cairn exec` gives every
+# container (Docker's capabilities and seccomp profile, the host's network), written into
+# the same spec by `same-isolation` (benches/same_isolation.rs). The second pair is the
+# like-for-like comparison: a seccomp profile is part of a container's start-up cost.
+#
 # Needs the fixtures (rootfs-fixtures/setup.sh) and root. crun needs a cgroup namespace of its
 # own on this hybrid-cgroup host (../shared/notes/host-facts.md); podman runs with runc.
 set -euo pipefail
@@ -18,6 +24,9 @@ if [ -z "${CAIRN_BIN:-}" ]; then
   cargo build --release -p cairn-cli >/dev/null || { echo "exec.sh: cargo build failed" >&2; exit 1; }
   CAIRN_BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/cairn
 fi
+cargo build --release -p cairn-benches --bin same-isolation >/dev/null 2>&1 ||
+  { echo "exec.sh: cargo build of same-isolation failed" >&2; exit 1; }
+SAME_ISOLATION=${CARGO_TARGET_DIR:-$PWD/target}/release/same-isolation
 WORK=$(mktemp -d /var/tmp/cairn-exec-bench.XXXXXX)
 chmod 755 "$WORK"
 trap 'podman --root "$WORK/podman/root" --runroot "$WORK/podman/run" --storage-driver overlay system reset -f >/dev/null 2>&1 || true; rm -rf "$WORK"' EXIT
@@ -47,6 +56,14 @@ mkdir -p "$WORK/bundle"
 mkdir -p "$WORK/crun"
 ln -s "$WORK/bundle/rootfs" "$WORK/crun/rootfs"
 (cd "$WORK/crun" && crun spec --rootless && sed -i 's/"terminal": true/"terminal": false/; s/"sh"/"true"/' config.json)
+# The same two bundles with cairn's isolation.
+for b in bundle crun; do
+  mkdir -p "$WORK/$b-same"
+  cp "$WORK/$b/config.json" "$WORK/$b-same/config.json"
+  "$SAME_ISOLATION" "$WORK/$b-same/config.json"
+  # runc takes no symlink for a rootfs: name the bundle's directory itself.
+  sed -i "s|\"path\": \"rootfs\"|\"path\": \"$WORK/bundle/rootfs\"|" "$WORK/$b-same/config.json"
+done
 PODMAN=(podman --root "$WORK/podman/root" --runroot "$WORK/podman/run" --storage-driver overlay --runtime runc)
 # Root lacks CAP_SYS_RESOURCE on these hosts: podman's default nofile/nproc limits fail.
 PODMAN_RUN=(run --rm --network host --ulimit nofile=1024:1024 --ulimit nproc=4096:4096)
@@ -71,8 +88,11 @@ for round in $(seq "$ROUNDS"); do
   run "cairn exec (rootless)" su "$BENCH_USER" -c "$CAIRN --root $WORK/user/store exec $REF -- true"
   run "su (baseline)" su "$BENCH_USER" -c true
   run "runc run" runc --root "$WORK/runc-state" run --bundle "$WORK/bundle" "b$n"
+  run "runc run, same isolation" runc --root "$WORK/runc-state" run --bundle "$WORK/bundle-same" "s$n"
   run "crun run" unshare --user --map-root-user --mount --cgroup sh -c \
     "mount -t cgroup2 cgroup2 /sys/fs/cgroup && exec crun --root $WORK/crun-state run --bundle $WORK/crun c$n"
+  run "crun run, same isolation" unshare --user --map-root-user --mount --cgroup sh -c \
+    "mount -t cgroup2 cgroup2 /sys/fs/cgroup && exec crun --root $WORK/crun-state run --bundle $WORK/crun-same s$n"
   run "podman run --rm" "${PODMAN[@]}" "${PODMAN_RUN[@]}" "$REF" true
 done
 
@@ -81,11 +101,14 @@ echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname 
 echo "rounds: $ROUNDS (median ms; ratio = tool / cairn exec as root, higher means cairn is faster)"
 med() { printf '%s\n' $1 | sort -n | awk '{a[NR]=$1} END{printf "%.1f", a[int((NR+1)/2)]/10}'; }
 base=$(med "${TIMES[cairn exec (root)]:-0}")
-for tool in "cairn exec (root)" "cairn exec (rootless)" "su (baseline)" "runc run" "crun run" "podman run --rm"; do
+for tool in "cairn exec (root)" "cairn exec (rootless)" "su (baseline)" "runc run" "runc run, same isolation" \
+  "crun run" "crun run, same isolation" "podman run --rm"; do
   vals=${TIMES[$tool]:-}
   [ -n "$vals" ] || continue
   m=$(med "$vals")
   ratio=$(awk -v m="$m" -v b="$base" 'BEGIN{ if (b>0) printf "%.2f", m/b; else print "-" }')
-  printf '%-24s median %7s ms   ratio %5s\n' "$tool" "$m" "$ratio"
+  printf '%-28s median %7s ms   ratio %5s\n' "$tool" "$m" "$ratio"
 done
 echo "(rootless cairn includes su's own start-up: compare with the su baseline)"
+echo "(same isolation: Docker's capabilities and seccomp profile, host network, as cairn exec)"
+echo "versions: $(crun --version | head -1); $(runc --version | head -1)"
