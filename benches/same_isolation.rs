@@ -55,9 +55,7 @@ fn cairn_spec() -> Result<Value, String> {
         cwd: "/".into(),
         user: ProcessUser::default(),
         hostname: "bench".into(),
-        rootfs: RootfsMount::Bind {
-            source: "/".into(),
-        },
+        rootfs: RootfsMount::Bind { source: "/".into() },
         mounts: Vec::new(),
         network: Network::Host,
         resources: Resources::default(),

@@ -151,6 +151,7 @@ pub async fn exec(store: cairn_images::Store, args: ExecArgs) -> anyhow::Result<
         tty: args.tty,
     };
     let containers = Containers::open(store).await?;
+    containers.start_runtime_for(&options.resources).await?;
     let mut terminal = None;
     let stdio = if args.tty {
         let (stdio, t) = TerminalProxy::start(args.interactive)?;

@@ -142,10 +142,18 @@ fn main() -> ExitCode {
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // One container, or a listing, needs no worker threads: their start and their exit
+    // would be most of what such a command costs. Blocking work still goes to the blocking
+    // pool either way. Pipelines and pulls run many things at once.
+    let mut builder = if matches!(
+        cli.command,
+        Command::Exec(_) | Command::Ps { .. } | Command::Kill { .. }
+    ) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cairn: cannot start async runtime: {e}");

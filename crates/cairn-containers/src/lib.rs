@@ -271,6 +271,15 @@ impl Containers {
         Ok(containers)
     }
 
+    /// Starts, in the background, the runtime helper that containers asking for `resources`
+    /// will run in, so that its start overlaps what the caller does before its first
+    /// container (looking up the image, preparing the snapshot). Optional: the first
+    /// container starts it otherwise.
+    pub async fn start_runtime_for(&self, resources: &Resources) -> Result<(), ContainersError> {
+        self.runtime().await?.start_helper_for(resources);
+        Ok(())
+    }
+
     /// The store.
     pub fn store(&self) -> &Store {
         &self.inner.store

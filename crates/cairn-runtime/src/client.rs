@@ -14,6 +14,7 @@ use tracing::debug;
 
 use crate::config::ContainerConfig;
 use crate::helper::{PARENT_ENV, RUNTIME_HELPER_ARG};
+use crate::prefork::Preforked;
 use crate::proto::{self, Reply, Request};
 use crate::{ExitStatus, IdMapping, RuntimeError};
 
@@ -108,10 +109,29 @@ enum CgroupView {
 #[derive(Clone)]
 pub struct Runtime {
     options: Arc<RuntimeOptions>,
-    own: Arc<tokio::sync::OnceCell<Connection>>,
-    host: Arc<tokio::sync::OnceCell<Connection>>,
+    own: Arc<HelperSlot>,
+    host: Arc<HelperSlot>,
     /// Which helper runs each container this handle created.
     placed: Arc<Mutex<HashMap<String, CgroupView>>>,
+}
+
+/// One helper of a [`Runtime`]: its connection once it serves, and its start until then.
+#[derive(Default)]
+struct HelperSlot {
+    connection: tokio::sync::OnceCell<Connection>,
+    start: Mutex<Start>,
+}
+
+/// Where a helper's start stands.
+#[derive(Default)]
+enum Start {
+    /// Not begun.
+    #[default]
+    Idle,
+    /// Begun ahead of time by [`Runtime::start_helper_for`]; the first user waits for it.
+    Running(oneshot::Receiver<Result<Connection, RuntimeError>>),
+    /// Waited for by a user: later starts (after a failure) begin anew on demand.
+    Claimed,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -131,22 +151,41 @@ impl Runtime {
         }
     }
 
-    async fn connection(&self, view: CgroupView) -> Result<&Connection, RuntimeError> {
-        let cell = match view {
+    fn slot(&self, view: CgroupView) -> &HelperSlot {
+        match view {
             CgroupView::Own => &self.own,
             CgroupView::Host => &self.host,
-        };
-        cell.get_or_try_init(|| {
-            let options = (*self.options).clone();
-            async move {
-                tokio::task::spawn_blocking(move || Connection::start(options, view))
-                    .await
-                    .map_err(|e| RuntimeError::HelperDied {
-                        reason: format!("starting the runtime helper: {e}"),
-                    })?
-            }
-        })
-        .await
+        }
+    }
+
+    /// Starts the helper for `view` now, on threads of its own: an async task would wait
+    /// until the caller next yields, which with a single-threaded tokio runtime is only when
+    /// the container is created.
+    fn begin_start(&self, view: CgroupView) -> oneshot::Receiver<Result<Connection, RuntimeError>> {
+        let options = (*self.options).clone();
+        // A forked helper gets its role first, and sets itself up (its mount namespace, a
+        // user namespace) while the thread that talks to it starts.
+        let preforked = crate::prefork::take().map(|p| assign_role(p, &options, view));
+        Connection::begin(options, view, preforked)
+    }
+
+    async fn connection(&self, view: CgroupView) -> Result<&Connection, RuntimeError> {
+        let slot = self.slot(view);
+        slot.connection
+            .get_or_try_init(|| async {
+                let begun = std::mem::replace(
+                    &mut *slot.start.lock().unwrap_or_else(|p| p.into_inner()),
+                    Start::Claimed,
+                );
+                let start = match begun {
+                    Start::Running(start) => start,
+                    Start::Idle | Start::Claimed => self.begin_start(view),
+                };
+                start.await.map_err(|_| RuntimeError::HelperDied {
+                    reason: "the thread starting the runtime helper died".into(),
+                })?
+            })
+            .await
     }
 
     fn view_for(&self, config: &ContainerConfig) -> CgroupView {
@@ -164,15 +203,17 @@ impl Runtime {
     /// Starts, in the background, the helper that a container asking for `resources` will
     /// run in, so that its start (a user namespace's id mapping, for a rootless store)
     /// overlaps whatever the caller prepares meanwhile. [`Runtime::create`] waits for it, and
-    /// reports its failure. Call from within a tokio runtime.
+    /// reports its failure.
     pub fn start_helper_for(&self, resources: &crate::Resources) {
         let view = self.view_for_resources(resources);
-        let this = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = this.connection(view).await {
-                debug!(error = %e, "runtime helper started ahead of time failed");
-            }
-        });
+        let slot = self.slot(view);
+        if slot.connection.initialized() {
+            return;
+        }
+        let mut start = slot.start.lock().unwrap_or_else(|p| p.into_inner());
+        if matches!(*start, Start::Idle) {
+            *start = Start::Running(self.begin_start(view));
+        }
     }
 
     /// Creates and starts the container `id` with the bundle directory `bundle` (the helper
@@ -236,13 +277,34 @@ struct Connection {
 }
 
 impl Connection {
-    /// Starts the helper and waits until it serves.
+    /// Starts the helper; the receiver gets the connection once the helper serves.
     ///
     /// The helper is started from a thread of its own that lives as long as the helper: the
     /// kernel ties the parent-death signal to the parent *thread*, and the thread also reads
-    /// the helper's messages.
-    fn start(options: RuntimeOptions, view: CgroupView) -> Result<Connection, RuntimeError> {
-        let preforked = crate::prefork::take();
+    /// the helper's messages. Nothing here waits for that thread: an async caller awaits the
+    /// receiver, and the caller's thread goes on at once.
+    ///
+    /// `preforked` is the forked helper, if there is one, with its role sent already.
+    fn begin(
+        options: RuntimeOptions,
+        view: CgroupView,
+        preforked: Option<Result<Preforked, RuntimeError>>,
+    ) -> oneshot::Receiver<Result<Connection, RuntimeError>> {
+        let (tx, rx) = oneshot::channel();
+        // Shared with the thread, so that a failure to start the thread itself is reported.
+        let tx = Arc::new(Mutex::new(Some(tx)));
+        let report = move |result: Result<Connection, RuntimeError>| {
+            if let Some(tx) = tx.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                let _ = tx.send(result);
+            }
+        };
+        let preforked = match preforked.transpose() {
+            Ok(p) => p,
+            Err(e) => {
+                report(Err(e));
+                return rx;
+            }
+        };
         let program = match &preforked {
             Some(p) => format!("forked runtime helper {}", p.pid),
             None => options.program.display().to_string(),
@@ -251,20 +313,25 @@ impl Connection {
             program: program.clone(),
             source,
         };
-        let (ours, theirs) = match preforked {
-            Some(p) => (p.sock.try_clone().map_err(spawn_err)?, Launch::Preforked(p)),
-            None => {
-                let (ours, theirs) = socketpair(
-                    AddressFamily::Unix,
-                    SockType::SeqPacket,
-                    None,
-                    SockFlag::SOCK_CLOEXEC,
-                )
-                .map_err(|e| spawn_err(e.into()))?;
-                (ours, Launch::Spawn(theirs))
-            }
+        let sockets = match preforked {
+            Some(p) => p.sock.try_clone().map(|ours| (ours, Launch::Preforked(p))),
+            None => socketpair(
+                AddressFamily::Unix,
+                SockType::SeqPacket,
+                None,
+                SockFlag::SOCK_CLOEXEC,
+            )
+            .map(|(ours, theirs)| (ours, Launch::Spawn(theirs)))
+            .map_err(std::io::Error::from),
         };
-        let reader_sock = ours.try_clone().map_err(spawn_err)?;
+        let (ours, launch, reader_sock) =
+            match sockets.and_then(|(ours, launch)| Ok((ours.try_clone()?, launch, ours))) {
+                Ok((ours, launch, reader_sock)) => (ours, launch, reader_sock),
+                Err(e) => {
+                    report(Err(spawn_err(e)));
+                    return rx;
+                }
+            };
         let shared = Arc::new(Shared {
             sock: ours,
             send_lock: Mutex::new(()),
@@ -272,28 +339,26 @@ impl Connection {
             seq: AtomicU64::new(1),
         });
         let weak = Arc::downgrade(&shared);
-        let (started_tx, started_rx) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
+        let report_in_thread = report.clone();
+        let spawned = std::thread::Builder::new()
             .name("cairn-runtime".into())
             .spawn(move || {
-                let child = match launch_helper(&options, view, theirs, reader_sock.as_fd()) {
+                let child = match launch_helper(&options, view, launch, reader_sock.as_fd()) {
                     Ok(child) => {
-                        let _ = started_tx.send(Ok(()));
+                        report_in_thread(Ok(Connection { shared }));
                         child
                     }
                     Err(e) => {
-                        let _ = started_tx.send(Err(e));
+                        report_in_thread(Err(e));
                         return;
                     }
                 };
                 read_loop(reader_sock, weak, child);
-            })
-            .map_err(spawn_err)?;
-        started_rx.recv().map_err(|_| RuntimeError::Handshake {
-            pid: 0,
-            reason: "the thread starting the runtime helper died".into(),
-        })??;
-        Ok(Connection { shared })
+            });
+        if let Err(e) = spawned {
+            report(Err(spawn_err(e)));
+        }
+        rx
     }
 
     fn next_seq(&self) -> u64 {
@@ -509,32 +574,10 @@ fn launch_helper(
     launch: Launch,
     ours: std::os::fd::BorrowedFd<'_>,
 ) -> Result<HelperProcess, RuntimeError> {
-    let mode = match (&options.mapping, view) {
-        (None, CgroupView::Own) => "root",
-        (None, CgroupView::Host) => "root-host-cgroups",
-        (Some(m), _) if m.is_full() => "rootless",
-        (Some(_), _) => "rootless-single",
-    };
+    let mode = helper_mode(options, view);
     let mut child = match launch {
         Launch::Spawn(theirs) => HelperProcess::Spawned(spawn_helper(options, mode, theirs)?),
-        Launch::Preforked(preforked) => {
-            let role = crate::prefork::Role {
-                state_root: options.state_root.clone(),
-                mode: mode.to_owned(),
-                userns: options.mapping.is_some(),
-            };
-            let pid = preforked.pid;
-            if let Err(source) = crate::prefork::send_role(&preforked, &role) {
-                let mut child = HelperProcess::Forked(pid);
-                child.kill();
-                child.wait();
-                return Err(RuntimeError::Spawn {
-                    program: format!("forked runtime helper {pid}"),
-                    source,
-                });
-            }
-            HelperProcess::Forked(pid)
-        }
+        Launch::Preforked(preforked) => HelperProcess::Forked(preforked.pid),
     };
     if let Some(mapping) = &options.mapping {
         let pid = child.pid();
@@ -555,6 +598,39 @@ fn launch_helper(
     }
     debug!(pid = child.pid(), mode, "runtime helper started");
     Ok(child)
+}
+
+/// The helper's mode argument: which cgroups it sees and whether it is in a user namespace.
+fn helper_mode(options: &RuntimeOptions, view: CgroupView) -> &'static str {
+    match (&options.mapping, view) {
+        (None, CgroupView::Own) => "root",
+        (None, CgroupView::Host) => "root-host-cgroups",
+        (Some(m), _) if m.is_full() => "rootless",
+        (Some(_), _) => "rootless-single",
+    }
+}
+
+/// Tells a forked helper what to serve; kills it if it cannot be told.
+fn assign_role(
+    preforked: Preforked,
+    options: &RuntimeOptions,
+    view: CgroupView,
+) -> Result<Preforked, RuntimeError> {
+    let role = crate::prefork::Role {
+        state_root: options.state_root.clone(),
+        mode: helper_mode(options, view).to_owned(),
+        userns: options.mapping.is_some(),
+    };
+    if let Err(source) = crate::prefork::send_role(&preforked, &role) {
+        let mut child = HelperProcess::Forked(preforked.pid);
+        child.kill();
+        child.wait();
+        return Err(RuntimeError::Spawn {
+            program: format!("forked runtime helper {}", preforked.pid),
+            source,
+        });
+    }
+    Ok(preforked)
 }
 
 /// Executes the program as a helper, the socket for its stdin and stdout.

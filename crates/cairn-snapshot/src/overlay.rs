@@ -172,6 +172,83 @@ pub fn apply_schema(conn: &Connection, part: &str, sql: &str) -> Result<(), rusq
     tx.commit()
 }
 
+/// How durable a snapshot transaction must be.
+///
+/// Active and view snapshots are thrown away when their process is done (after every
+/// `cairn exec`), and losing one's row or its deletion leaves only what recovery removes
+/// anyway: a numbered directory with no row (see [`OverlaySnapshotter::cleanup`], and
+/// `create` reusing an id) or an uncommitted row whose lease is dead. So their creation and
+/// removal skip the log's fsync (`synchronous=NORMAL`: atomic, and durable against a killed
+/// process, only not against a power cut). A commit is fsynced, and with it every earlier
+/// transaction in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    /// Survives a power cut.
+    Full,
+    /// Survives a killed process.
+    UntilPowerCut,
+}
+
+impl Durability {
+    fn of(kind: Kind) -> Durability {
+        match kind {
+            Kind::Committed => Durability::Full,
+            Kind::Active | Kind::View => Durability::UntilPowerCut,
+        }
+    }
+}
+
+/// An immediate transaction at `durability`; the connection is back at full durability when
+/// it ends (SQLite cannot change that setting inside a transaction).
+struct DurableTx<'c> {
+    tx: Option<rusqlite::Transaction<'c>>,
+    conn: &'c Connection,
+    relaxed: bool,
+}
+
+impl<'c> DurableTx<'c> {
+    fn begin(conn: &'c Connection, durability: Durability) -> Result<Self, rusqlite::Error> {
+        let relaxed = durability == Durability::UntilPowerCut;
+        if relaxed {
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+        }
+        let mut this = DurableTx {
+            tx: None,
+            conn,
+            relaxed,
+        };
+        this.tx = Some(rusqlite::Transaction::new_unchecked(
+            conn,
+            TransactionBehavior::Immediate,
+        )?);
+        Ok(this)
+    }
+
+    fn commit(mut self) -> Result<(), rusqlite::Error> {
+        self.tx.take().expect("open until committed").commit()
+    }
+}
+
+impl std::ops::Deref for DurableTx<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
+
+impl Drop for DurableTx<'_> {
+    fn drop(&mut self) {
+        // Rolls back unless committed.
+        drop(self.tx.take());
+        if self.relaxed {
+            // Outside a transaction this cannot fail short of a broken connection, which
+            // the next statement reports.
+            let _ = self.conn.pragma_update(None, "synchronous", "FULL");
+        }
+    }
+}
+
 /// How long a `new-` directory may stay unlocked before cleaners take it for debris: its
 /// creator locks it microseconds after making it.
 const NEW_DIR_GRACE: Duration = Duration::from_secs(60);
@@ -388,10 +465,8 @@ impl OverlaySnapshotter {
                 fs::create_dir(temp.join("work"))
                     .map_err(io("create snapshot directory", &temp))?;
             }
-            let mut conn = self.conn();
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(self.db_err())?;
+            let conn = self.conn();
+            let tx = DurableTx::begin(&conn, Durability::of(kind)).map_err(self.db_err())?;
             if Self::row(&tx, key).map_err(self.db_err())?.is_some() {
                 return Err(SnapshotError::AlreadyExists(key.to_owned()));
             }
@@ -617,13 +692,23 @@ impl Snapshotter for OverlaySnapshotter {
     fn remove(&self, key: &str) -> Result<(), SnapshotError> {
         let grave;
         {
-            let mut conn = self.conn();
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(self.db_err())?;
-            let row = Self::row(&tx, key)
+            let conn = self.conn();
+            // The kind decides the durability, which is set before the transaction: read it
+            // first, and start again fully durable should the row have changed meanwhile.
+            let guess = Self::row(&conn, key)
+                .map_err(self.db_err())?
+                .map_or(Durability::Full, |row| Durability::of(row.kind));
+            let mut tx = DurableTx::begin(&conn, guess).map_err(self.db_err())?;
+            let mut row = Self::row(&tx, key)
                 .map_err(self.db_err())?
                 .ok_or_else(|| SnapshotError::NotFound(key.to_owned()))?;
+            if Durability::of(row.kind) != guess {
+                drop(tx);
+                tx = DurableTx::begin(&conn, Durability::Full).map_err(self.db_err())?;
+                row = Self::row(&tx, key)
+                    .map_err(self.db_err())?
+                    .ok_or_else(|| SnapshotError::NotFound(key.to_owned()))?;
+            }
             let children: i64 = tx
                 .query_row(
                     "SELECT count(*) FROM snapshots WHERE parent_id = ?1",
@@ -893,5 +978,53 @@ mod tests {
         ));
         b.commit("n", "k", &labels()).unwrap();
         assert_eq!(a.stat("n").unwrap().kind, Kind::Committed);
+    }
+
+    fn synchronous(s: &OverlaySnapshotter) -> i64 {
+        s.conn()
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// Throw-away snapshots skip the log's fsync; nothing else may: the connection is back at
+    /// FULL (2) after each of their transactions, committed or failed.
+    #[test]
+    fn relaxed_durability_ends_with_the_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = overlay(dir.path());
+        const FULL: i64 = 2;
+        assert_eq!(synchronous(&s), FULL);
+        s.prepare("base-active", None, &labels()).unwrap();
+        assert_eq!(synchronous(&s), FULL);
+        s.commit("base", "base-active", &labels()).unwrap();
+        s.prepare("exec", Some("base"), &labels()).unwrap();
+        assert_eq!(synchronous(&s), FULL);
+        // A failing relaxed transaction (the key exists) rolls back and restores it too.
+        assert!(matches!(
+            s.prepare("exec", Some("base"), &labels()),
+            Err(SnapshotError::AlreadyExists(_))
+        ));
+        assert_eq!(synchronous(&s), FULL);
+        s.remove("exec").unwrap();
+        assert_eq!(synchronous(&s), FULL);
+        // Removing a committed snapshot is fully durable throughout.
+        let conn = s.conn();
+        let tx = DurableTx::begin(&conn, Durability::of(Kind::Committed)).unwrap();
+        assert_eq!(
+            tx.query_row("PRAGMA synchronous", [], |r| r.get::<_, i64>(0))
+                .unwrap(),
+            FULL
+        );
+        drop(tx);
+        let tx = DurableTx::begin(&conn, Durability::of(Kind::Active)).unwrap();
+        assert_eq!(
+            tx.query_row("PRAGMA synchronous", [], |r| r.get::<_, i64>(0))
+                .unwrap(),
+            1
+        );
+        drop(tx);
+        drop(conn);
+        s.remove("base").unwrap();
+        assert_eq!(synchronous(&s), FULL);
     }
 }
