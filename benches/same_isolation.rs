@@ -2,12 +2,16 @@
 //! `benches/exec.sh` compares runtimes doing the same work rather than `runc spec`'s
 //! defaults (three capabilities, no seccomp profile, a network namespace) against Docker's.
 //!
-//!   same-isolation CONFIG.JSON
+//!   same-isolation CONFIG.JSON [--precompiled FILTER.BPF]
 //!
 //! Rewrites CONFIG.JSON in place: the capability sets and the seccomp profile become the
 //! ones cairn's runtime builds (Docker's defaults), and the network namespace goes, since
 //! `cairn exec` shares the host's network unless asked otherwise. Everything else —
 //! namespaces, user mappings, mounts, masked paths — stays as the bundle's tool wrote it.
+//!
+//! With `--precompiled`, the profile compiled to classic BPF also goes into crun's
+//! `run.oci.seccomp_bpf_data` annotation, which crun installs instead of compiling the
+//! profile: what its seccomp cache does, for a crun built without that cache.
 
 use std::process::ExitCode;
 
@@ -16,11 +20,19 @@ use cairn_runtime::{ContainerConfig, Network, ProcessUser, Resources, RootfsMoun
 use serde_json::Value;
 
 fn main() -> ExitCode {
-    let Some(path) = std::env::args_os().nth(1) else {
-        eprintln!("usage: same-isolation CONFIG.JSON");
-        return ExitCode::from(2);
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let (path, precompiled) = match args.as_slice() {
+        [path] => (path, None),
+        [path, flag, bpf] if flag == "--precompiled" => (path, Some(bpf)),
+        _ => {
+            eprintln!("usage: same-isolation CONFIG.JSON [--precompiled FILTER.BPF]");
+            return ExitCode::from(2);
+        }
     };
-    match rewrite(std::path::Path::new(&path)) {
+    match rewrite(
+        std::path::Path::new(path),
+        precompiled.map(std::path::Path::new),
+    ) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("same-isolation: {}: {e}", path.to_string_lossy());
@@ -29,7 +41,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn rewrite(path: &std::path::Path) -> Result<(), String> {
+fn rewrite(path: &std::path::Path, precompiled: Option<&std::path::Path>) -> Result<(), String> {
     let text = std::fs::read(path).map_err(|e| e.to_string())?;
     let mut config: Value = serde_json::from_slice(&text).map_err(|e| e.to_string())?;
     let cairn = cairn_spec()?;
@@ -42,6 +54,20 @@ fn rewrite(path: &std::path::Path) -> Result<(), String> {
     linux.insert("seccomp".into(), cairn["linux"]["seccomp"].clone());
     if let Some(Value::Array(namespaces)) = linux.get_mut("namespaces") {
         namespaces.retain(|ns| ns["type"] != "network");
+    }
+    if let Some(bpf) = precompiled {
+        use base64::Engine as _;
+        let program = std::fs::read(bpf).map_err(|e| format!("{}: {e}", bpf.display()))?;
+        if program.is_empty() || program.len() % 8 != 0 {
+            return Err(format!("{}: not a classic BPF program", bpf.display()));
+        }
+        let annotations = config
+            .as_object_mut()
+            .ok_or("not a JSON object")?
+            .entry("annotations")
+            .or_insert_with(|| Value::Object(Default::default()));
+        annotations["run.oci.seccomp_bpf_data"] =
+            Value::String(base64::engine::general_purpose::STANDARD.encode(program));
     }
     let text = serde_json::to_vec_pretty(&config).map_err(|e| e.to_string())?;
     std::fs::write(path, text).map_err(|e| e.to_string())
