@@ -142,9 +142,9 @@ fn main() -> ExitCode {
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    // One container, or a listing, needs no worker threads: their start and their exit
-    // would be most of what such a command costs. Blocking work still goes to the blocking
-    // pool either way. Pipelines and pulls run many things at once.
+    // One container, or a listing, needs no worker threads, and starting and stopping them
+    // is a measurable part of such a short command. Blocking work still goes to the
+    // blocking pool either way. Pipelines and pulls run many things at once.
     let mut builder = if matches!(
         cli.command,
         Command::Exec(_) | Command::Ps { .. } | Command::Kill { .. }

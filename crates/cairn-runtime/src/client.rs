@@ -291,20 +291,29 @@ impl Connection {
         preforked: Option<Result<Preforked, RuntimeError>>,
     ) -> oneshot::Receiver<Result<Connection, RuntimeError>> {
         let (tx, rx) = oneshot::channel();
-        // Shared with the thread, so that a failure to start the thread itself is reported.
+        // Shared with the thread, so that a failure before or of the thread's start is
+        // reported the same way as one in it.
         let tx = Arc::new(Mutex::new(Some(tx)));
         let report = move |result: Result<Connection, RuntimeError>| {
             if let Some(tx) = tx.lock().unwrap_or_else(|p| p.into_inner()).take() {
                 let _ = tx.send(result);
             }
         };
-        let preforked = match preforked.transpose() {
-            Ok(p) => p,
-            Err(e) => {
-                report(Err(e));
-                return rx;
-            }
-        };
+        if let Err(e) = Self::start_thread(options, view, preforked, report.clone()) {
+            report(Err(e));
+        }
+        rx
+    }
+
+    /// Starts the thread that launches the helper, hands `report` the connection, and then
+    /// reads the helper's messages.
+    fn start_thread(
+        options: RuntimeOptions,
+        view: CgroupView,
+        preforked: Option<Result<Preforked, RuntimeError>>,
+        report: impl FnOnce(Result<Connection, RuntimeError>) + Send + 'static,
+    ) -> Result<(), RuntimeError> {
+        let preforked = preforked.transpose()?;
         let program = match &preforked {
             Some(p) => format!("forked runtime helper {}", p.pid),
             None => options.program.display().to_string(),
@@ -313,25 +322,20 @@ impl Connection {
             program: program.clone(),
             source,
         };
-        let sockets = match preforked {
-            Some(p) => p.sock.try_clone().map(|ours| (ours, Launch::Preforked(p))),
-            None => socketpair(
-                AddressFamily::Unix,
-                SockType::SeqPacket,
-                None,
-                SockFlag::SOCK_CLOEXEC,
-            )
-            .map(|(ours, theirs)| (ours, Launch::Spawn(theirs)))
-            .map_err(std::io::Error::from),
+        let (ours, launch) = match preforked {
+            Some(p) => (p.sock.try_clone().map_err(spawn_err)?, Launch::Preforked(p)),
+            None => {
+                let (ours, theirs) = socketpair(
+                    AddressFamily::Unix,
+                    SockType::SeqPacket,
+                    None,
+                    SockFlag::SOCK_CLOEXEC,
+                )
+                .map_err(|e| spawn_err(e.into()))?;
+                (ours, Launch::Spawn(theirs))
+            }
         };
-        let (ours, launch, reader_sock) =
-            match sockets.and_then(|(ours, launch)| Ok((ours.try_clone()?, launch, ours))) {
-                Ok((ours, launch, reader_sock)) => (ours, launch, reader_sock),
-                Err(e) => {
-                    report(Err(spawn_err(e)));
-                    return rx;
-                }
-            };
+        let reader_sock = ours.try_clone().map_err(spawn_err)?;
         let shared = Arc::new(Shared {
             sock: ours,
             send_lock: Mutex::new(()),
@@ -339,26 +343,23 @@ impl Connection {
             seq: AtomicU64::new(1),
         });
         let weak = Arc::downgrade(&shared);
-        let report_in_thread = report.clone();
-        let spawned = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name("cairn-runtime".into())
             .spawn(move || {
                 let child = match launch_helper(&options, view, launch, reader_sock.as_fd()) {
                     Ok(child) => {
-                        report_in_thread(Ok(Connection { shared }));
+                        report(Ok(Connection { shared }));
                         child
                     }
                     Err(e) => {
-                        report_in_thread(Err(e));
+                        report(Err(e));
                         return;
                     }
                 };
                 read_loop(reader_sock, weak, child);
-            });
-        if let Err(e) = spawned {
-            report(Err(spawn_err(e)));
-        }
-        rx
+            })
+            .map_err(spawn_err)?;
+        Ok(())
     }
 
     fn next_seq(&self) -> u64 {

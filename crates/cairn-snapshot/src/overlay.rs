@@ -693,22 +693,20 @@ impl Snapshotter for OverlaySnapshotter {
         let grave;
         {
             let conn = self.conn();
-            // The kind decides the durability, which is set before the transaction: read it
-            // first, and start again fully durable should the row have changed meanwhile.
-            let guess = Self::row(&conn, key)
-                .map_err(self.db_err())?
-                .map_or(Durability::Full, |row| Durability::of(row.kind));
-            let mut tx = DurableTx::begin(&conn, guess).map_err(self.db_err())?;
-            let mut row = Self::row(&tx, key)
-                .map_err(self.db_err())?
-                .ok_or_else(|| SnapshotError::NotFound(key.to_owned()))?;
-            if Durability::of(row.kind) != guess {
-                drop(tx);
-                tx = DurableTx::begin(&conn, Durability::Full).map_err(self.db_err())?;
-                row = Self::row(&tx, key)
+            // The kind decides the durability, which must be set before the transaction:
+            // most removals are of throw-away snapshots, so begin relaxed and start again
+            // fully durable when the row turns out to be committed.
+            let mut durability = Durability::UntilPowerCut;
+            let (tx, row) = loop {
+                let tx = DurableTx::begin(&conn, durability).map_err(self.db_err())?;
+                let row = Self::row(&tx, key)
                     .map_err(self.db_err())?
                     .ok_or_else(|| SnapshotError::NotFound(key.to_owned()))?;
-            }
+                if Durability::of(row.kind) == durability || durability == Durability::Full {
+                    break (tx, row);
+                }
+                durability = Durability::Full;
+            };
             let children: i64 = tx
                 .query_row(
                     "SELECT count(*) FROM snapshots WHERE parent_id = ?1",
