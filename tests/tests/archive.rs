@@ -486,20 +486,17 @@ fn killed_export_leaves_no_complete_dest(who: Who) {
                 nix::sys::signal::Signal::SIGKILL,
             );
             let status = child.wait().unwrap();
-            if status.success() {
-                // Finished before the kill: it must be whole.
+            // Finished before the kill, or killed after its rename into place (while it
+            // synced the directory or exited): either way a dest that exists must be whole.
+            if status.success() || dest.exists() {
                 let d = skopeo_digest(who, &format!("{format}:{}", dest.display()));
                 if format != "docker-archive" {
-                    assert_eq!(d, digest);
+                    assert_eq!(d, digest, "{format} at {} is not whole", dest.display());
                 }
                 continue;
             }
+            // Killed before its rename: nothing at dest (checked above).
             killed_midway += 1;
-            assert!(
-                !dest.exists(),
-                "{format} killed after {delay_ms} ms left {} behind",
-                dest.display()
-            );
         }
     }
     assert!(killed_midway > 0, "no export was killed before it finished");
