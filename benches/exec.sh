@@ -67,13 +67,14 @@ done
 # And crun as it runs with its seccomp cache. Debian 12's crun 1.8.1 never looks into that
 # cache (strace shows no lookup; the cache needs a libgcrypt build option) and compiles the
 # profile for every container, which cairn does once per store. Its `run.oci.seccomp_bpf_data`
-# annotation takes a compiled filter instead: cairn's own, from the cache its first container
-# leaves in the store.
-"$CAIRN" --root "$WORK/cairn-root" exec "$REF" -- true
-mkdir -p "$WORK/crun-precompiled"
-cp "$WORK/crun/config.json" "$WORK/crun-precompiled/config.json"
-"$SAME_ISOLATION" "$WORK/crun-precompiled/config.json" --precompiled "$(ls "$WORK"/cairn-root/run/.seccomp/*.bpf | head -1)"
-sed -i "s|\"path\": \"rootfs\"|\"path\": \"$WORK/bundle/rootfs\"|" "$WORK/crun-precompiled/config.json"
+# annotation takes a compiled filter instead: `linear` is the filter crun compiles (and its
+# cache would hold), `binary-tree` the faster-loading layout cairn's containers get.
+for layout in linear binary-tree; do
+  mkdir -p "$WORK/crun-$layout"
+  cp "$WORK/crun/config.json" "$WORK/crun-$layout/config.json"
+  "$SAME_ISOLATION" "$WORK/crun-$layout/config.json" --precompiled "$layout"
+  sed -i "s|\"path\": \"rootfs\"|\"path\": \"$WORK/bundle/rootfs\"|" "$WORK/crun-$layout/config.json"
+done
 PODMAN=(podman --root "$WORK/podman/root" --runroot "$WORK/podman/run" --storage-driver overlay --runtime runc)
 # Root lacks CAP_SYS_RESOURCE on these hosts: podman's default nofile/nproc limits fail.
 PODMAN_RUN=(run --rm --network host --ulimit nofile=1024:1024 --ulimit nproc=4096:4096)
@@ -104,7 +105,9 @@ for round in $(seq "$ROUNDS"); do
   run "crun run, same isolation" unshare --user --map-root-user --mount --cgroup sh -c \
     "mount -t cgroup2 cgroup2 /sys/fs/cgroup && exec crun --root $WORK/crun-state run --bundle $WORK/crun-same s$n"
   run "crun run, same, precompiled" unshare --user --map-root-user --mount --cgroup sh -c \
-    "mount -t cgroup2 cgroup2 /sys/fs/cgroup && exec crun --root $WORK/crun-state run --bundle $WORK/crun-precompiled p$n"
+    "mount -t cgroup2 cgroup2 /sys/fs/cgroup && exec crun --root $WORK/crun-state run --bundle $WORK/crun-linear p$n"
+  run "crun run, same, cairn's filter" unshare --user --map-root-user --mount --cgroup sh -c \
+    "mount -t cgroup2 cgroup2 /sys/fs/cgroup && exec crun --root $WORK/crun-state run --bundle $WORK/crun-binary-tree t$n"
   run "podman run --rm" "${PODMAN[@]}" "${PODMAN_RUN[@]}" "$REF" true
 done
 
@@ -114,14 +117,16 @@ echo "rounds: $ROUNDS (median ms; ratio = tool / cairn exec as root, higher mean
 med() { printf '%s\n' $1 | sort -n | awk '{a[NR]=$1} END{printf "%.1f", a[int((NR+1)/2)]/10}'; }
 base=$(med "${TIMES[cairn exec (root)]:-0}")
 for tool in "cairn exec (root)" "cairn exec (rootless)" "su (baseline)" "runc run" "runc run, same isolation" \
-  "crun run" "crun run, same isolation" "crun run, same, precompiled" "podman run --rm"; do
+  "crun run" "crun run, same isolation" "crun run, same, precompiled" "crun run, same, cairn's filter" \
+  "podman run --rm"; do
   vals=${TIMES[$tool]:-}
   [ -n "$vals" ] || continue
   m=$(med "$vals")
   ratio=$(awk -v m="$m" -v b="$base" 'BEGIN{ if (b>0) printf "%.2f", m/b; else print "-" }')
-  printf '%-28s median %7s ms   ratio %5s\n' "$tool" "$m" "$ratio"
+  printf '%-31s median %7s ms   ratio %5s\n' "$tool" "$m" "$ratio"
 done
 echo "(rootless cairn includes su's own start-up: compare with the su baseline)"
 echo "(same isolation: Docker's capabilities and seccomp profile, host network, as cairn exec;"
-echo " precompiled: that profile handed to crun already compiled, as its seccomp cache would)"
+echo " precompiled: that profile handed to crun already compiled, as its seccomp cache would;"
+echo " cairn's filter: compiled as cairn compiles it, a binary tree that loads faster)"
 echo "versions: $(crun --version | head -1); $(runc --version | head -1)"

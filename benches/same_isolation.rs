@@ -2,7 +2,7 @@
 //! `benches/exec.sh` compares runtimes doing the same work rather than `runc spec`'s
 //! defaults (three capabilities, no seccomp profile, a network namespace) against Docker's.
 //!
-//!   same-isolation CONFIG.JSON [--precompiled FILTER.BPF]
+//!   same-isolation CONFIG.JSON [--precompiled linear|binary-tree]
 //!
 //! Rewrites CONFIG.JSON in place: the capability sets and the seccomp profile become the
 //! ones cairn's runtime builds (Docker's defaults), and the network namespace goes, since
@@ -11,28 +11,36 @@
 //!
 //! With `--precompiled`, the profile compiled to classic BPF also goes into crun's
 //! `run.oci.seccomp_bpf_data` annotation, which crun installs instead of compiling the
-//! profile: what its seccomp cache does, for a crun built without that cache.
+//! profile: what its seccomp cache does, for a crun built without that cache. `linear` is
+//! the layout crun itself compiles (libseccomp's default), so the filter its cache would
+//! hold; `binary-tree` is the layout cairn's containers get, which loads faster
+//! (`cairn_runtime::FilterLayout`).
 
 use std::process::ExitCode;
 
 use cairn_runtime::spec::{build_spec, SpecContext};
-use cairn_runtime::{ContainerConfig, Network, ProcessUser, Resources, RootfsMount};
+use cairn_runtime::{
+    compile_filter, ContainerConfig, FilterLayout, Network, ProcessUser, Resources, RootfsMount,
+};
+use oci_spec::runtime::LinuxSeccomp;
 use serde_json::Value;
 
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let usage = || {
+        eprintln!("usage: same-isolation CONFIG.JSON [--precompiled linear|binary-tree]");
+        ExitCode::from(2)
+    };
     let (path, precompiled) = match args.as_slice() {
         [path] => (path, None),
-        [path, flag, bpf] if flag == "--precompiled" => (path, Some(bpf)),
-        _ => {
-            eprintln!("usage: same-isolation CONFIG.JSON [--precompiled FILTER.BPF]");
-            return ExitCode::from(2);
-        }
+        [path, flag, layout] if flag == "--precompiled" => match layout.to_str() {
+            Some("linear") => (path, Some(FilterLayout::Linear)),
+            Some("binary-tree") => (path, Some(FilterLayout::BinaryTree)),
+            _ => return usage(),
+        },
+        _ => return usage(),
     };
-    match rewrite(
-        std::path::Path::new(path),
-        precompiled.map(std::path::Path::new),
-    ) {
+    match rewrite(std::path::Path::new(path), precompiled) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("same-isolation: {}: {e}", path.to_string_lossy());
@@ -41,7 +49,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn rewrite(path: &std::path::Path, precompiled: Option<&std::path::Path>) -> Result<(), String> {
+fn rewrite(path: &std::path::Path, precompiled: Option<FilterLayout>) -> Result<(), String> {
     let text = std::fs::read(path).map_err(|e| e.to_string())?;
     let mut config: Value = serde_json::from_slice(&text).map_err(|e| e.to_string())?;
     let cairn = cairn_spec()?;
@@ -55,12 +63,11 @@ fn rewrite(path: &std::path::Path, precompiled: Option<&std::path::Path>) -> Res
     if let Some(Value::Array(namespaces)) = linux.get_mut("namespaces") {
         namespaces.retain(|ns| ns["type"] != "network");
     }
-    if let Some(bpf) = precompiled {
+    if let Some(layout) = precompiled {
         use base64::Engine as _;
-        let program = std::fs::read(bpf).map_err(|e| format!("{}: {e}", bpf.display()))?;
-        if program.is_empty() || program.len() % 8 != 0 {
-            return Err(format!("{}: not a classic BPF program", bpf.display()));
-        }
+        let profile: LinuxSeccomp = serde_json::from_value(cairn["linux"]["seccomp"].clone())
+            .map_err(|e| format!("cairn's seccomp profile: {e}"))?;
+        let program = compile_filter(&profile, layout).map_err(|e| e.to_string())?;
         let annotations = config
             .as_object_mut()
             .ok_or("not a JSON object")?

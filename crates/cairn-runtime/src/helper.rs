@@ -382,7 +382,7 @@ impl Server {
         use sha2::Digest as _;
         let text = serde_json::to_vec(profile).map_err(|e| format!("seccomp profile: {e}"))?;
         let mut hasher = sha2::Sha256::new();
-        hasher.update(b"cairn-seccomp-bpf-v1\0");
+        hasher.update(b"cairn-seccomp-bpf-v2-binary-tree\0");
         hasher.update(std::env::consts::ARCH.as_bytes());
         hasher.update(format!("{:?}", libseccomp::ScmpVersion::current().ok()).as_bytes());
         hasher.update(&text);
@@ -393,7 +393,7 @@ impl Server {
                 return Ok(bytes);
             }
         }
-        let bytes = crate::seccomp::compile(profile)?;
+        let bytes = crate::seccomp::compile(profile, crate::seccomp::FilterLayout::BinaryTree)?;
         // Best effort: write-then-rename so a reader sees all of it or nothing.
         let temp = dir.join(format!(".{}.tmp", std::process::id()));
         let written = std::fs::create_dir_all(&dir)

@@ -39,6 +39,7 @@ pub use client::{ContainerStdio, ExitWaiter, Runtime, RuntimeOptions, Started};
 pub use config::{ContainerConfig, ExtraMount, Network, ProcessUser, Resources, RootfsMount};
 pub use idmap::{IdMapping, IdRange};
 pub use prefork::prefork_helper;
+pub use seccomp::{compile_filter, FilterLayout};
 pub use userns::{init, spawn_in_user_namespace, UsernsChild, HELPER_ENV};
 
 /// How a container ended.
@@ -136,6 +137,13 @@ pub enum RuntimeError {
         /// The helper.
         pid: u32,
         /// What went wrong, with the helper's own message when it sent one.
+        reason: String,
+    },
+    /// A seccomp profile cannot be compiled (an unknown call name or action, a libseccomp
+    /// without what the layout needs).
+    #[error("seccomp filter: {reason}")]
+    Seccomp {
+        /// What libseccomp or the profile got wrong.
         reason: String,
     },
     /// A container config cannot be turned into a runtime spec (a relative or `..` mount
