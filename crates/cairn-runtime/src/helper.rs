@@ -59,8 +59,9 @@ struct Server {
     /// No cgroup hierarchy is in view at all (see [`no_cgroup_view`]): containers get no
     /// cgroup, and their state is only their state directory.
     no_cgroups: bool,
-    /// The seccomp profile compiled to BPF, once per helper (see [`crate::seccomp::compile`]).
-    seccomp: Option<std::sync::Arc<Vec<u8>>>,
+    /// A seccomp profile and its BPF program, compiled once per helper (see
+    /// [`crate::seccomp::compile`]).
+    seccomp: Option<(oci_spec::runtime::LinuxSeccomp, std::sync::Arc<Vec<u8>>)>,
     rootless: bool,
     single_id: bool,
     running: HashMap<String, Running>,
@@ -143,6 +144,12 @@ pub(crate) fn serve_on<S: AsRef<std::ffi::OsStr>>(
         single_id: mode == "rootless-single",
         running: HashMap::new(),
     };
+    // Every container gets this profile: have its program ready (from the store's cache, or
+    // compiled) while the engine still prepares the first container's snapshot, instead of
+    // after its request arrives.
+    if let Err(e) = server.seccomp_program(crate::seccomp::default_profile()) {
+        debug!("runtime helper: seccomp filter not prepared ahead: {e}");
+    }
     let mut buf = Vec::new();
     loop {
         let ids: Vec<String> = server.running.keys().cloned().collect();
@@ -248,10 +255,25 @@ impl Server {
                 bundle,
                 config,
             } => match self.create(&id, &bundle, *config, fds) {
-                Ok(pid) => Reply::Created {
-                    seq,
-                    pid: pid.as_raw(),
-                },
+                Ok(pid) => {
+                    let created = Reply::Created {
+                        seq,
+                        pid: pid.as_raw(),
+                    };
+                    if let Err(e) = proto::send(sock, &created, &[]) {
+                        eprintln!("cairn runtime helper: cannot answer: {e}");
+                        self.shutdown();
+                    }
+                    if self.no_cgroups {
+                        // Nothing reads this state again: with no cgroup the container is
+                        // its init's pid, and it dies with the helper (the init's
+                        // parent-death signal). Deleting it now, while the container runs,
+                        // takes those unlinks (half a millisecond here) out of the time
+                        // between the container's exit and the engine learning of it.
+                        self.remove_state(&id);
+                    }
+                    return;
+                }
                 Err(message) => Reply::Failed { seq, message },
             },
             Request::Signal { seq, id, signal } => match self.signal(&id, signal) {
@@ -308,15 +330,7 @@ impl Server {
             .linux_mut()
             .as_mut()
             .and_then(|l| l.seccomp_mut().take());
-        let seccomp = match (profile, &self.seccomp) {
-            (None, _) => None,
-            (Some(_), Some(compiled)) => Some(compiled.clone()),
-            (Some(profile), None) => {
-                let compiled = std::sync::Arc::new(self.compiled_filter(&profile)?);
-                self.seccomp = Some(compiled.clone());
-                Some(compiled)
-            }
-        };
+        let seccomp = profile.map(|p| self.seccomp_program(p)).transpose()?;
         let config_path = bundle.join("config.json");
         spec.save(&config_path)
             .map_err(|e| format!("write {}: {e}", config_path.display()))?;
@@ -370,6 +384,21 @@ impl Server {
             },
         );
         Ok(pid)
+    }
+
+    /// The BPF program of `profile`: the one compiled before when the profile is the same.
+    fn seccomp_program(
+        &mut self,
+        profile: oci_spec::runtime::LinuxSeccomp,
+    ) -> Result<std::sync::Arc<Vec<u8>>, String> {
+        if let Some((compiled_profile, program)) = &self.seccomp {
+            if *compiled_profile == profile {
+                return Ok(program.clone());
+            }
+        }
+        let program = std::sync::Arc::new(self.compiled_filter(&profile)?);
+        self.seccomp = Some((profile, program.clone()));
+        Ok(program)
     }
 
     /// The profile compiled to BPF, from a cache next to the state directories when an
@@ -436,10 +465,10 @@ impl Server {
         };
         if self.no_cgroups {
             // No cgroup was made (no hierarchy is in view) and no hooks are set: the state
-            // directory is all there is. libcontainer's delete would look for the cgroup
-            // anyway, reading mountinfo once per controller through freshly verified procfs
+            // directory was all there was, and it went once the container had started
+            // (see `handle`). libcontainer's delete would look for the cgroup anyway,
+            // reading mountinfo once per controller through freshly verified procfs
             // handles: a millisecond here, after every container.
-            self.remove_state(id);
         } else if let Err(e) = running.container.delete(true) {
             warn!(id, error = %e, "delete container state");
             self.remove_state(id);
