@@ -264,14 +264,7 @@ impl Server {
                         eprintln!("cairn runtime helper: cannot answer: {e}");
                         self.shutdown();
                     }
-                    if self.no_cgroups {
-                        // Nothing reads this state again: with no cgroup the container is
-                        // its init's pid, and it dies with the helper (the init's
-                        // parent-death signal). Deleting it now, while the container runs,
-                        // takes those unlinks (half a millisecond here) out of the time
-                        // between the container's exit and the engine learning of it.
-                        self.remove_state(&id);
-                    }
+                    self.remove_start_files(&id, &bundle);
                     return;
                 }
                 Err(message) => Reply::Failed { seq, message },
@@ -466,7 +459,7 @@ impl Server {
         if self.no_cgroups {
             // No cgroup was made (no hierarchy is in view) and no hooks are set: the state
             // directory was all there was, and it went once the container had started
-            // (see `handle`). libcontainer's delete would look for the cgroup anyway,
+            // (`remove_start_files`). libcontainer's delete would look for the cgroup anyway,
             // reading mountinfo once per controller through freshly verified procfs
             // handles: a millisecond here, after every container.
         } else if let Err(e) = running.container.delete(true) {
@@ -506,6 +499,33 @@ impl Server {
         }
         self.remove_state(id);
         Ok(())
+    }
+
+    /// Deletes, once a container runs, what only its start read: the bundle's `config.json`
+    /// (it holds the container's environment, secrets included), the bundle's empty root
+    /// mount point, and, where the helper makes no cgroups, libcontainer's state (with no
+    /// cgroup a container is its init's pid, which dies with the helper through its
+    /// parent-death signal: nothing reads that state again). The container runs meanwhile,
+    /// so these unlinks (most of a millisecond here) no longer come between its exit and the
+    /// engine learning of it.
+    fn remove_start_files(&self, id: &str, bundle: &Path) {
+        for (path, removed) in [
+            (
+                bundle.join("config.json"),
+                std::fs::remove_file(bundle.join("config.json")),
+            ),
+            (
+                bundle.join("rootfs"),
+                std::fs::remove_dir(bundle.join("rootfs")),
+            ),
+        ] {
+            if let Err(e) = removed {
+                debug!(path = %path.display(), error = %e, "left for the engine to delete");
+            }
+        }
+        if self.no_cgroups {
+            self.remove_state(id);
+        }
     }
 
     fn remove_state(&self, id: &str) {

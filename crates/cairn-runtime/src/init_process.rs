@@ -2,7 +2,7 @@
 //!
 //! libcontainer sets up the container (namespaces, pivot_root, capabilities, seccomp, user)
 //! and then hands over to an [`Executor`] instead of `exec`ing the command. cairn's executor
-//! stays as pid 1 and forks the command:
+//! stays as pid 1 and starts the command as its child:
 //!
 //! - it reaps every process that is reparented to it, so a command that leaves zombies (or a
 //!   pid 1 that would never reap) cannot exhaust the container's pids;
@@ -79,11 +79,20 @@ impl Executor for ReaperExecutor {
             eprintln!("cairn: working directory {}: {e}", self.cwd);
             std::process::exit(126);
         }
-        let child = match sys::fork_single_threaded()
-            .map_err(|e| ExecutorError::Other(format!("fork the command: {e}")))?
-        {
-            sys::Forked::Child => run_command(&args, self.tty),
-            sys::Forked::Parent(child) => child,
+        let child = if self.tty {
+            // The command must be the terminal's foreground before it runs, which only a
+            // forked child can arrange (it makes itself so, then executes).
+            match sys::fork_single_threaded()
+                .map_err(|e| ExecutorError::Other(format!("fork the command: {e}")))?
+            {
+                sys::Forked::Child => run_command(&args, true),
+                sys::Forked::Parent(child) => child,
+            }
+        } else {
+            match sys::spawn_command(&args) {
+                Ok(child) => child,
+                Err(e) => std::process::exit(report_exec_failure(&args[0], e)),
+            }
         };
         loop {
             let Ok(signal) = all.wait() else { continue };
@@ -109,8 +118,14 @@ fn run_command(args: &[CString], tty: bool) -> ! {
     sys::reset_signal_dispositions();
     let _ = SigSet::all().thread_unblock();
     let err = sys::exec(args);
-    let name = args[0].to_string_lossy();
-    let code = match err {
+    std::process::exit(report_exec_failure(&args[0], err))
+}
+
+/// Says on the container's stderr why the command could not run; returns the exit code a
+/// shell (and Docker) gives that failure: 127 not found, 126 not executable.
+fn report_exec_failure(program: &CString, err: nix::errno::Errno) -> i32 {
+    let name = program.to_string_lossy();
+    match err {
         nix::errno::Errno::ENOENT => {
             eprintln!("cairn: {name}: executable file not found in $PATH");
             127
@@ -119,8 +134,7 @@ fn run_command(args: &[CString], tty: bool) -> ! {
             eprintln!("cairn: {name}: cannot execute: {}", e.desc());
             126
         }
-    };
-    std::process::exit(code)
+    }
 }
 
 /// Reaps every exited child; returns the exit code once the command itself is gone.

@@ -45,6 +45,36 @@ pub(crate) fn fork_single_threaded() -> Result<Forked, Errno> {
     }
 }
 
+/// Starts `args` (its program searched in `PATH`) as a child with this process's environment,
+/// every signal at its default disposition and none blocked: `posix_spawnp(3)`, which glibc
+/// implements with `clone(CLONE_VM | CLONE_VFORK)`. The child shares this process's memory
+/// until it executes, so no page table is copied: a container's init is a fork of the
+/// runtime helper, and a `fork` of it cost about 0.2 ms here, in every container's start.
+/// The error is the one the program's execution failed with (`ENOENT`: not found).
+pub(crate) fn spawn_command(args: &[CString]) -> Result<Pid, Errno> {
+    use nix::spawn::{posix_spawnp, PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags};
+    use nix::sys::signal::SigSet;
+    use std::os::unix::ffi::OsStringExt as _;
+    let mut attr = PosixSpawnAttr::init()?;
+    let mut defaults = SigSet::all();
+    defaults.remove(nix::sys::signal::Signal::SIGKILL);
+    defaults.remove(nix::sys::signal::Signal::SIGSTOP);
+    attr.set_sigdefault(&defaults)?;
+    attr.set_sigmask(&SigSet::empty())?;
+    attr.set_flags(
+        PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF | PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK,
+    )?;
+    let env: Vec<CString> = std::env::vars_os()
+        .filter_map(|(k, v)| {
+            let mut entry = k.into_vec();
+            entry.push(b'=');
+            entry.extend(v.into_vec());
+            CString::new(entry).ok()
+        })
+        .collect();
+    posix_spawnp(&args[0], &PosixSpawnFileActions::init()?, &attr, args, &env)
+}
+
 /// Brings the loopback interface of the current network namespace up (`ip link set lo up`).
 pub(crate) fn loopback_up() -> Result<(), Errno> {
     let sock = nix::sys::socket::socket(
