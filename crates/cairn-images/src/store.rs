@@ -168,15 +168,6 @@ fn take_lease(dir: &Path) -> Result<(String, Flock<File>), ImagesError> {
     Err(last_err.expect("tried at least once"))
 }
 
-/// Whether the SQLite database at `path` is in WAL mode already: its header's read and write
-/// format versions (bytes 18 and 19) are 2, where a new or legacy-journal database has 1.
-fn is_wal_database(path: &Path) -> bool {
-    let mut header = [0u8; 20];
-    File::open(path)
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut header))
-        .is_ok_and(|()| header[18] == 2 && header[19] == 2)
-}
-
 /// Reads `store.json`, or writes it for a new store.
 fn load_or_create_config(root: &Path) -> Result<StoreConfig, ImagesError> {
     let path = root.join("store.json");
@@ -234,53 +225,23 @@ impl Store {
             context: "open store".into(),
             source,
         })?;
-        // The snapshotter's connection on a thread of its own, while this one opens the
-        // images' connection and takes the lease: the first connection of a process costs
-        // most (SQLite's set-up, its code paged in), and a short command such as `cairn exec`
-        // waits for all of it before its container can start. Not for a new database:
-        // switching it to WAL takes an exclusive lock that SQLite does not wait for, so a
-        // second connection opening at the same instant fails with "database is locked".
-        let open_snapshots = || {
-            OverlaySnapshotter::open(
-                &root.join("snapshots"),
-                &db_path,
-                OverlayConfig {
-                    userxattr: config.rootless.is_some(),
-                },
-                Arc::new(WorkerRemover(worker.clone())),
-            )
+        let snapshots = OverlaySnapshotter::open(
+            &root.join("snapshots"),
+            &db_path,
+            OverlayConfig {
+                userxattr: config.rootless.is_some(),
+            },
+            Arc::new(WorkerRemover(worker.clone())),
+        )?;
+        let db_err = |source| ImagesError::Database {
+            path: db_path.clone(),
+            source,
         };
-        let open_images = || -> Result<_, ImagesError> {
-            let db_err = |source| ImagesError::Database {
-                path: db_path.clone(),
-                source,
-            };
-            let db = cairn_snapshot::open_database(&db_path).map_err(db_err)?;
-            cairn_snapshot::apply_schema(&db, "images", SCHEMA).map_err(db_err)?;
-            cairn_snapshot::apply_schema(&db, "publish", crate::publish::SCHEMA).map_err(db_err)?;
-            let lease = take_lease(&root.join("leases"))?;
-            Ok((db, lease))
-        };
-        let (snapshots, images) = if !is_wal_database(&db_path) {
-            (open_snapshots(), open_images())
-        } else {
-            std::thread::scope(|scope| {
-                let snapshots = std::thread::Builder::new()
-                    .name("cairn-open".into())
-                    .spawn_scoped(scope, open_snapshots);
-                let images = open_images();
-                let snapshots = match snapshots {
-                    Ok(thread) => thread
-                        .join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-                    // No thread to be had: open it here instead.
-                    Err(_) => open_snapshots(),
-                };
-                (snapshots, images)
-            })
-        };
-        let snapshots = snapshots?;
-        let (db, (lease, lease_lock)) = images?;
+        let db = cairn_snapshot::open_database(&db_path).map_err(db_err)?;
+        cairn_snapshot::apply_schema(&db, "images", SCHEMA).map_err(db_err)?;
+        cairn_snapshot::apply_schema(&db, "publish", crate::publish::SCHEMA).map_err(db_err)?;
+
+        let (lease, lease_lock) = take_lease(&root.join("leases"))?;
         let store = Store {
             inner: Arc::new(Inner {
                 root,
@@ -637,27 +598,3 @@ impl Store {
 
 /// The label that ties an unfinished snapshot to the process working on it.
 pub const LEASE_LABEL: &str = "cairn.lease";
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The parallel open relies on telling a WAL database from a new one.
-    #[test]
-    fn wal_databases_are_told_from_new_ones() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("metadata.db");
-        assert!(!is_wal_database(&path), "no file yet");
-        std::fs::write(&path, b"").expect("empty file");
-        assert!(!is_wal_database(&path), "an empty file");
-        let legacy = rusqlite::Connection::open(&path).expect("open");
-        legacy
-            .execute_batch("CREATE TABLE t (x INTEGER)")
-            .expect("create");
-        drop(legacy);
-        assert!(!is_wal_database(&path), "a rollback-journal database");
-        let wal = cairn_snapshot::open_database(&path).expect("open as the store does");
-        drop(wal);
-        assert!(is_wal_database(&path), "after the store's own open");
-    }
-}
