@@ -53,6 +53,9 @@ struct Running {
 struct Server {
     /// libcontainer's state root: one directory per container.
     state_root: PathBuf,
+    /// Where libcontainer keeps each container's state: `state_root`, or for a helper that
+    /// makes no cgroups a tmpfs of its own (see [`private_state_directory`]).
+    containers_root: PathBuf,
     /// The host's v1 cgroup hierarchies are in view (their devices controller enforces the
     /// spec's device rules); otherwise the helper has a view of its own.
     host_cgroups: bool,
@@ -135,8 +138,18 @@ pub(crate) fn serve_on<S: AsRef<std::ffi::OsStr>>(
             .map_err(|e| debug!("runtime helper: no BPF program to hold JIT memory: {e}"))
             .ok()
     });
+    let state_root = PathBuf::from(state_root);
+    let containers_root = if no_cgroups {
+        private_state_directory(&state_root).unwrap_or_else(|e| {
+            debug!("runtime helper: container state stays in the store: {e}");
+            state_root.clone()
+        })
+    } else {
+        state_root.clone()
+    };
     let mut server = Server {
-        state_root: PathBuf::from(state_root),
+        containers_root,
+        state_root,
         host_cgroups: mode == "root-host-cgroups",
         no_cgroups,
         seccomp: None,
@@ -227,6 +240,38 @@ fn no_cgroup_view() -> nix::Result<()> {
         MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         Some("size=4k,mode=755"),
     )
+}
+
+/// Deletes a container's libcontainer state directory, if it is there.
+fn remove_state_directory(dir: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            warn!(path = %dir.display(), error = %e, "remove container state");
+        }
+    }
+}
+
+/// A tmpfs for the containers' libcontainer state, seen only in the helper's mount namespace,
+/// for a helper that makes no cgroups. Each container's state is a directory and three files,
+/// written while it starts; on the store's disk those were a quarter of the inodes a `cairn
+/// exec` allocated, and on an ext4 without a journal (this project's hosts) allocating an
+/// inode walks past every inode freed in the last minutes. Nothing outside needs this state:
+/// without a cgroup, a container dies with its helper (its init's parent-death signal), and so
+/// does the tmpfs. Containers with cgroups keep their state in the store, where the next
+/// engine finds it to delete a dead helper's cgroups.
+fn private_state_directory(state_root: &Path) -> Result<PathBuf, String> {
+    use nix::mount::{mount, MsFlags};
+    let dir = state_root.join(".live");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    mount(
+        Some("tmpfs"),
+        &dir,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=700,size=16m"),
+    )
+    .map_err(|e| format!("mount tmpfs on {}: {e}", dir.display()))?;
+    Ok(dir)
 }
 
 /// A cgroup namespace with cgroup2 mounted over `/sys/fs/cgroup`, in a mount namespace of the
@@ -333,8 +378,8 @@ impl Server {
             seccomp,
         };
         let built = ContainerBuilder::new(id.to_owned(), SyscallType::default())
-            .with_root_path(&self.state_root)
-            .map_err(|e| format!("state directory {}: {e}", self.state_root.display()))?
+            .with_root_path(&self.containers_root)
+            .map_err(|e| format!("state directory {}: {e}", self.containers_root.display()))?
             .with_executor(executor)
             .with_stdin(stdin)
             .with_stdout(stdout)
@@ -481,6 +526,7 @@ impl Server {
     }
 
     /// A container whose engine died: kill whatever is left of it and delete its state.
+    /// (Such state is in the store's `state_root`: a helper's private tmpfs dies with it.)
     fn reap_stale(&mut self, id: &str) -> Result<(), String> {
         let dir = self.state_root.join(id);
         if !dir.exists() {
@@ -497,7 +543,7 @@ impl Server {
             }
             Err(e) => debug!(id, error = %e, "load stale container"),
         }
-        self.remove_state(id);
+        remove_state_directory(&dir);
         Ok(())
     }
 
@@ -529,12 +575,7 @@ impl Server {
     }
 
     fn remove_state(&self, id: &str) {
-        let dir = self.state_root.join(id);
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                warn!(path = %dir.display(), error = %e, "remove container state");
-            }
-        }
+        remove_state_directory(&self.containers_root.join(id));
     }
 
     /// The engine is gone: kill every container, delete their state, exit.
@@ -543,7 +584,7 @@ impl Server {
             let _ = nix::sys::signal::kill(running.pid, Signal::SIGKILL);
             let _ = waitpid(running.pid, None);
             if running.container.delete(true).is_err() {
-                let _ = std::fs::remove_dir_all(self.state_root.join(&id));
+                let _ = std::fs::remove_dir_all(self.containers_root.join(&id));
             }
         }
         std::process::exit(0)
