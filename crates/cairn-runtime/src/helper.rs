@@ -51,7 +51,8 @@ struct Running {
 }
 
 struct Server {
-    /// libcontainer's state root: one directory per container.
+    /// The store's runtime directory: the seccomp cache, and libcontainer's state of the
+    /// containers of helpers with cgroups (one directory each).
     state_root: PathBuf,
     /// Where libcontainer keeps each container's state: `state_root`, or for a helper that
     /// makes no cgroups a tmpfs of its own (see [`private_state_directory`]).
@@ -555,19 +556,13 @@ impl Server {
     /// so these unlinks (most of a millisecond here) no longer come between its exit and the
     /// engine learning of it.
     fn remove_start_files(&self, id: &str, bundle: &Path) {
-        for (path, removed) in [
-            (
-                bundle.join("config.json"),
-                std::fs::remove_file(bundle.join("config.json")),
-            ),
-            (
-                bundle.join("rootfs"),
-                std::fs::remove_dir(bundle.join("rootfs")),
-            ),
-        ] {
-            if let Err(e) = removed {
-                debug!(path = %path.display(), error = %e, "left for the engine to delete");
-            }
+        let config = bundle.join("config.json");
+        if let Err(e) = std::fs::remove_file(&config) {
+            debug!(path = %config.display(), error = %e, "left for the engine to delete");
+        }
+        let rootfs = bundle.join("rootfs");
+        if let Err(e) = std::fs::remove_dir(&rootfs) {
+            debug!(path = %rootfs.display(), error = %e, "left for the engine to delete");
         }
         if self.no_cgroups {
             self.remove_state(id);

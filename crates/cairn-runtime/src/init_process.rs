@@ -85,7 +85,7 @@ impl Executor for ReaperExecutor {
             match sys::fork_single_threaded()
                 .map_err(|e| ExecutorError::Other(format!("fork the command: {e}")))?
             {
-                sys::Forked::Child => run_command(&args, true),
+                sys::Forked::Child => run_in_terminal(&args),
                 sys::Forked::Parent(child) => child,
             }
         } else {
@@ -108,13 +108,11 @@ impl Executor for ReaperExecutor {
 }
 
 /// In the forked child: become the foreground of the terminal, restore signals, exec.
-fn run_command(args: &[CString], tty: bool) -> ! {
-    if tty {
-        let me = nix::unistd::getpid();
-        let _ = nix::unistd::setpgid(me, me);
-        // Signals are still blocked, so SIGTTOU does not stop us here.
-        let _ = nix::unistd::tcsetpgrp(std::io::stdin().as_fd(), me);
-    }
+fn run_in_terminal(args: &[CString]) -> ! {
+    let me = nix::unistd::getpid();
+    let _ = nix::unistd::setpgid(me, me);
+    // Signals are still blocked, so SIGTTOU does not stop us here.
+    let _ = nix::unistd::tcsetpgrp(std::io::stdin().as_fd(), me);
     sys::reset_signal_dispositions();
     let _ = SigSet::all().thread_unblock();
     let err = sys::exec(args);
