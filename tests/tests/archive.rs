@@ -495,7 +495,7 @@ fn killed_export_leaves_no_complete_dest(who: Who) {
                 }
                 continue;
             }
-            // Killed before its rename: nothing at dest (checked above).
+            // Killed before its rename: nothing at dest (any dest took the branch above).
             killed_midway += 1;
         }
     }

@@ -502,15 +502,16 @@ impl Server {
                 }
             }
         };
-        if self.no_cgroups {
-            // No cgroup was made (no hierarchy is in view) and no hooks are set: the state
-            // directory was all there was, and it went once the container had started
-            // (`remove_start_files`). libcontainer's delete would look for the cgroup anyway,
-            // reading mountinfo once per controller through freshly verified procfs
-            // handles: a millisecond here, after every container.
-        } else if let Err(e) = running.container.delete(true) {
-            warn!(id, error = %e, "delete container state");
-            self.remove_state(id);
+        // Without cgroups nothing is left to delete: no cgroup was made, no hooks are set, and
+        // the state directory went once the container had started (`remove_start_files`).
+        // libcontainer's delete would look for the cgroup anyway, reading mountinfo once per
+        // controller through freshly verified procfs handles: a millisecond here, after every
+        // container.
+        if !self.no_cgroups {
+            if let Err(e) = running.container.delete(true) {
+                warn!(id, error = %e, "delete container state");
+                self.remove_state(id);
+            }
         }
         debug!(id, ?status, "container exited");
         if let Err(e) = proto::send(

@@ -972,9 +972,9 @@ mod tests {
         );
     }
 
-    /// The child half of [`filter_loads_through_libcontainer_and_behaves`].
+    /// The child half of [`run_probe`].
     #[test]
-    #[ignore = "run in a child process by filter_loads_through_libcontainer_and_behaves"]
+    #[ignore = "run in a child process by run_probe"]
     fn probe() {
         let Some(how) = std::env::var_os(PROBE_ENV) else {
             return;
