@@ -207,7 +207,7 @@ secrets = [ {{ name = "token", env = "TOKEN" }}, {{ name = "token", file = "/run
         .spawn()
         .unwrap();
     let log = || std::fs::read_to_string(cairn.dir("run.log")).unwrap_or_default();
-    // Wait until the step runs: its secret file and bundle exist.
+    // Wait until the step runs: its secret file exists.
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut during = find();
     while during.is_empty() && Instant::now() < deadline {

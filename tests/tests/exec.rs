@@ -513,6 +513,7 @@ fn namespaces(who: Who) {
         &image,
         r#"
         echo pid1=$(tr '\0' ' ' < /proc/1/cmdline)
+        echo pid1_fds=$(ls /proc/1/fd 2>&1 | sort -n | tr '\n' ' ')
         echo self=$$
         echo ppid=$(awk '/^PPid:/ {print $2}' /proc/$$/status)
         for n in pid mnt ipc uts net user cgroup; do echo ns_$n=$(readlink /proc/self/ns/$n); done
@@ -527,6 +528,13 @@ fn namespaces(who: Who) {
         p.get("pid1").trim(),
         "cairn-runtime-helper",
         "pid 1 is not cairn's init, or shows more than its name"
+    );
+    // Nothing of the helper it was cloned from stays open in it: not the helper's socket,
+    // not other containers' pidfds, not a handle on the host's /proc.
+    assert_eq!(
+        p.get("pid1_fds").trim(),
+        "0 1 2",
+        "pid 1 holds descriptors besides stdio"
     );
     p.expect("self", "2");
     p.expect("ppid", "1");

@@ -178,10 +178,6 @@ pub struct RunRequest {
     pub resources: Resources,
     /// The stdio is a terminal.
     pub tty: bool,
-    /// Where the runtime bundle (`config.json`, which holds the environment) is written:
-    /// a new directory outside the store, for an environment holding secrets. Default
-    /// `containers/<id>/bundle` in the store. The caller deletes it after the run.
-    pub bundle: Option<PathBuf>,
 }
 
 /// What `cairn ps` shows of a container; kept in `containers/<id>/record.json`.
@@ -512,8 +508,7 @@ impl Containers {
                 return Err(e);
             }
         };
-        let bundle = request.bundle.clone().unwrap_or_else(|| dir.join("bundle"));
-        let started = match runtime.create(&id, &bundle, config, stdio).await {
+        let started = match runtime.create(&id, config, stdio).await {
             Ok(s) => s,
             Err(e) => {
                 self.discard(&id);
@@ -752,7 +747,6 @@ impl Containers {
             network: options.network,
             resources: options.resources,
             tty: options.tty,
-            bundle: None,
         })
     }
 }

@@ -615,7 +615,7 @@ impl ExecOp {
                 readonly: false,
             });
         }
-        let secrets = SecretDir::new(&spec.secret_files, !spec.secret_env.is_empty())?;
+        let secrets = SecretDir::new(&spec.secret_files)?;
         for (path, file) in spec.secret_files.iter().map(|s| &s.0).zip(&secrets.files) {
             mounts.push(ExtraMount::Bind {
                 source: file.clone(),
@@ -646,9 +646,6 @@ impl ExecOp {
             user,
             mounts,
             network: spec.network,
-            // config.json holds the environment: with secret variables in it, it is written
-            // to the private directory outside the store, never into the store.
-            bundle: secrets.bundle.clone(),
             ..RunRequest::default()
         };
 
@@ -852,8 +849,8 @@ pub(crate) fn set_env(env: &mut Vec<String>, key: &str, value: &str) {
 }
 
 /// A private directory (0700, outside the store, on tmpfs when there is one) holding the secret
-/// files of one exec and, when its environment holds secrets, its runtime bundle; deleted when
-/// dropped.
+/// files of one exec; deleted when dropped. (Secret variables travel in the runtime bundle's
+/// `config.json`, which the runtime helper writes on a tmpfs of its own.)
 ///
 /// A process killed during the exec cannot delete it, so its owner holds a lock on the file
 /// `lock` in it for as long as the directory lives; [`remove_dead_secret_dirs`] (run by every
@@ -861,8 +858,6 @@ pub(crate) fn set_env(env: &mut Vec<String>, key: &str, value: &str) {
 struct SecretDir {
     dir: Option<PathBuf>,
     files: Vec<PathBuf>,
-    /// The runtime bundle's directory, when the environment holds secrets.
-    bundle: Option<PathBuf>,
     /// Held until the directory is gone: it tells other processes its owner is alive.
     _alive: Option<Flock<std::fs::File>>,
 }
@@ -883,12 +878,11 @@ fn secret_dir_bases() -> Vec<PathBuf> {
 }
 
 impl SecretDir {
-    fn new(secrets: &[(String, String, SecretValue)], bundle: bool) -> Result<Self, EngineError> {
-        if secrets.is_empty() && !bundle {
+    fn new(secrets: &[(String, String, SecretValue)]) -> Result<Self, EngineError> {
+        if secrets.is_empty() {
             return Ok(SecretDir {
                 dir: None,
                 files: Vec::new(),
-                bundle: None,
                 _alive: None,
             });
         }
@@ -907,7 +901,6 @@ impl SecretDir {
         let mut this = SecretDir {
             dir: Some(dir.clone()),
             files: Vec::new(),
-            bundle: bundle.then(|| dir.join("bundle")),
             _alive: None,
         };
         // Locked under another name, then renamed: a cleaner never finds `lock` unlocked
@@ -1137,7 +1130,7 @@ mod secret_dir_tests {
     #[test]
     fn only_secret_dirs_of_dead_processes_are_removed() {
         let value = SecretValue(Arc::new(b"s3cret".to_vec()));
-        let live = SecretDir::new(&[("/run/s".into(), "s".into(), value)], true).unwrap();
+        let live = SecretDir::new(&[("/run/s".into(), "s".into(), value)]).unwrap();
         let live_dir = live.dir.clone().unwrap();
         assert_eq!(std::fs::read(&live.files[0]).unwrap(), b"s3cret");
         // A directory left by a killed process: its lock file is there, held by nobody.

@@ -216,12 +216,11 @@ impl Runtime {
         }
     }
 
-    /// Creates and starts the container `id` with the bundle directory `bundle` (the helper
-    /// writes `config.json` and an empty `rootfs/` there).
+    /// Creates and starts the container `id`. (The helper writes its bundle where only the
+    /// helper sees it, and deletes it once the container runs.)
     pub async fn create(
         &self,
         id: &str,
-        bundle: &Path,
         config: ContainerConfig,
         stdio: ContainerStdio,
     ) -> Result<Started, RuntimeError> {
@@ -229,7 +228,7 @@ impl Runtime {
         let started = self
             .connection(view)
             .await?
-            .create(id, bundle, config, stdio)
+            .create(id, config, stdio)
             .await?;
         self.placed
             .lock()
@@ -418,7 +417,6 @@ impl Connection {
     async fn create(
         &self,
         id: &str,
-        bundle: &Path,
         config: ContainerConfig,
         stdio: ContainerStdio,
     ) -> Result<Started, RuntimeError> {
@@ -433,7 +431,6 @@ impl Connection {
         let request = Request::Create {
             seq,
             id: id.to_owned(),
-            bundle: bundle.to_owned(),
             config: Box::new(config),
         };
         let fds = [

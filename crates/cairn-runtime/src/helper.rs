@@ -55,8 +55,11 @@ struct Server {
     /// containers of helpers with cgroups (one directory each).
     state_root: PathBuf,
     /// Where libcontainer keeps each container's state: `state_root`, or for a helper that
-    /// makes no cgroups a tmpfs of its own (see [`private_state_directory`]).
+    /// makes no cgroups its scratch tmpfs.
     containers_root: PathBuf,
+    /// The helper's private tmpfs (see [`private_scratch`]), where bundles are written; or
+    /// why it has none, which every create then reports.
+    scratch: Result<PathBuf, String>,
     /// The host's v1 cgroup hierarchies are in view (their devices controller enforces the
     /// spec's device rules); otherwise the helper has a view of its own.
     host_cgroups: bool,
@@ -122,12 +125,23 @@ pub(crate) fn serve_on<S: AsRef<std::ffi::OsStr>>(
     };
     let mode = mode.to_str().unwrap_or_default();
     let rootless = mode != "root" && mode != "root-host-cgroups";
-    let view = match mode {
-        "root-host-cgroups" => Ok(()),
-        "root" => no_cgroup_view(),
+    let state_root = PathBuf::from(state_root);
+    // A rootless helper's cgroup view needs a cgroup namespace too; it is made with the mount
+    // namespace so that the cgroup2 mounted in it shows the helper's own cgroup as its root.
+    let namespace = private_mount_namespace(if rootless {
+        nix::sched::CloneFlags::CLONE_NEWCGROUP
+    } else {
+        nix::sched::CloneFlags::empty()
+    });
+    let scratch = namespace
+        .map_err(|e| format!("a mount namespace of its own: {e}"))
+        .and_then(|()| private_scratch(&state_root));
+    let view = match (&scratch, mode) {
+        (Err(_), _) | (_, "root-host-cgroups") => Ok(()),
+        (_, "root") => no_cgroup_view(),
         _ => own_cgroup_view(),
     };
-    let no_cgroups = mode == "root" && view.is_ok();
+    let no_cgroups = mode == "root" && scratch.is_ok() && view.is_ok();
     if let Err(e) = view {
         // Containers still run; libcgroups then works on the host's hierarchies, which
         // fails for a plain user (it says so when a container is created).
@@ -139,17 +153,13 @@ pub(crate) fn serve_on<S: AsRef<std::ffi::OsStr>>(
             .map_err(|e| debug!("runtime helper: no BPF program to hold JIT memory: {e}"))
             .ok()
     });
-    let state_root = PathBuf::from(state_root);
-    let containers_root = if no_cgroups {
-        private_state_directory(&state_root).unwrap_or_else(|e| {
-            debug!("runtime helper: container state stays in the store: {e}");
-            state_root.clone()
-        })
-    } else {
-        state_root.clone()
+    let containers_root = match &scratch {
+        Ok(dir) if no_cgroups => dir.clone(),
+        _ => state_root.clone(),
     };
     let mut server = Server {
         containers_root,
+        scratch,
         state_root,
         host_cgroups: mode == "root-host-cgroups",
         no_cgroups,
@@ -217,8 +227,8 @@ fn private_mount_namespace(also: nix::sched::CloneFlags) -> nix::Result<()> {
     )
 }
 
-/// No cgroup hierarchy at all, for root containers without limits: in a mount namespace of
-/// the helper's own, the host's hierarchies are detached and an empty read-only tmpfs takes
+/// No cgroup hierarchy at all, for root containers without limits: in the helper's own mount
+/// namespace, the host's hierarchies are detached and an empty read-only tmpfs takes
 /// their place. libcgroups then finds no controller mounted and has nothing to do, where a
 /// cgroup of its own per container cost a directory, and moving the container's first
 /// process into it a wait for an RCU grace period (6–10 ms here) on every start: crun
@@ -228,7 +238,6 @@ fn private_mount_namespace(also: nix::sched::CloneFlags) -> nix::Result<()> {
 /// [`own_cgroup_view`].)
 fn no_cgroup_view() -> nix::Result<()> {
     use nix::mount::{mount, umount2, MntFlags, MsFlags};
-    private_mount_namespace(nix::sched::CloneFlags::empty())?;
     match umount2("/sys/fs/cgroup", MntFlags::MNT_DETACH) {
         // Not a mount point on this host: nothing to detach.
         Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
@@ -243,7 +252,7 @@ fn no_cgroup_view() -> nix::Result<()> {
     )
 }
 
-/// Deletes a container's libcontainer state directory, if it is there.
+/// Deletes a container's libcontainer state or bundle directory, if it is there.
 fn remove_state_directory(dir: &Path) {
     if let Err(e) = std::fs::remove_dir_all(dir) {
         if e.kind() != std::io::ErrorKind::NotFound {
@@ -252,15 +261,16 @@ fn remove_state_directory(dir: &Path) {
     }
 }
 
-/// A tmpfs for the containers' libcontainer state, seen only in the helper's mount namespace,
-/// for a helper that makes no cgroups. Each container's state is a directory and three files,
-/// written while it starts; on the store's disk those were a quarter of the inodes a `cairn
-/// exec` allocated, and on an ext4 without a journal (this project's hosts) allocating an
-/// inode walks past every inode freed in the last minutes. Nothing outside needs this state:
-/// without a cgroup, a container dies with its helper (its init's parent-death signal), and so
-/// does the tmpfs. Containers with cgroups keep their state in the store, where the next
-/// engine finds it to delete a dead helper's cgroups.
-fn private_state_directory(state_root: &Path) -> Result<PathBuf, String> {
+/// A tmpfs seen only in the helper's mount namespace, for what a container's start writes and
+/// nobody reads after it: the bundle (`config.json`, which holds the environment and so any
+/// secret in it, and the root mount point), and, for a helper that makes no cgroups,
+/// libcontainer's state of each container. On the store's disk these were 7 of the 24 inodes
+/// a `cairn exec` allocated, and on an ext4 without a journal (this project's hosts)
+/// allocating an inode walks past every inode freed in the last minutes. The tmpfs dies with
+/// the helper, and so do its containers (their inits' parent-death signal); containers with
+/// cgroups keep their state in the store, where the next engine finds it to delete a dead
+/// helper's cgroups.
+fn private_scratch(state_root: &Path) -> Result<PathBuf, String> {
     use nix::mount::{mount, MsFlags};
     let dir = state_root.join(".live");
     std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
@@ -269,20 +279,19 @@ fn private_state_directory(state_root: &Path) -> Result<PathBuf, String> {
         &dir,
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some("mode=700,size=16m"),
+        Some("mode=700,size=32m"),
     )
     .map_err(|e| format!("mount tmpfs on {}: {e}", dir.display()))?;
     Ok(dir)
 }
 
-/// A cgroup namespace with cgroup2 mounted over `/sys/fs/cgroup`, in a mount namespace of the
-/// helper's own, for rootless helpers. libcgroups then sees a unified hierarchy: a plain user
+/// cgroup2 mounted over `/sys/fs/cgroup` in the helper's own mount and cgroup namespaces, for
+/// rootless helpers. libcgroups then sees a unified hierarchy: a plain user
 /// may not write it and libcgroups leaves it alone, instead of failing on the host's v1
 /// hierarchies (libcontainer-facts: "no flag skips it"). Where the host delegates a cgroup2
 /// subtree to the user, containers get a cgroup there.
 fn own_cgroup_view() -> nix::Result<()> {
     use nix::mount::{mount, MsFlags};
-    private_mount_namespace(nix::sched::CloneFlags::CLONE_NEWCGROUP)?;
     mount(
         Some("cgroup2"),
         "/sys/fs/cgroup",
@@ -295,12 +304,7 @@ fn own_cgroup_view() -> nix::Result<()> {
 impl Server {
     fn handle(&mut self, sock: BorrowedFd<'_>, request: Request, fds: Vec<OwnedFd>) {
         let reply = match request {
-            Request::Create {
-                seq,
-                id,
-                bundle,
-                config,
-            } => match self.create(&id, &bundle, *config, fds) {
+            Request::Create { seq, id, config } => match self.create(&id, *config, fds) {
                 Ok(pid) => {
                     let created = Reply::Created {
                         seq,
@@ -310,7 +314,7 @@ impl Server {
                         eprintln!("cairn runtime helper: cannot answer: {e}");
                         self.shutdown();
                     }
-                    self.remove_start_files(&id, &bundle);
+                    self.remove_start_files(&id);
                     return;
                 }
                 Err(message) => Reply::Failed { seq, message },
@@ -330,7 +334,33 @@ impl Server {
         }
     }
 
+    /// Where container `id`'s bundle is written: on the scratch tmpfs, next to (not in)
+    /// libcontainer's state directories, which must not exist before it makes them.
+    fn bundle(&self, id: &str) -> Result<PathBuf, String> {
+        match &self.scratch {
+            Ok(dir) => Ok(dir.join(format!("bundle-{id}"))),
+            Err(e) => Err(format!("the runtime helper has no private tmpfs: {e}")),
+        }
+    }
+
     fn create(
+        &mut self,
+        id: &str,
+        config: ContainerConfig,
+        fds: Vec<OwnedFd>,
+    ) -> Result<Pid, String> {
+        if self.running.contains_key(id) {
+            return Err(format!("container {id} exists already"));
+        }
+        let bundle = self.bundle(id)?;
+        let created = self.create_in(id, &bundle, config, fds);
+        if created.is_err() {
+            remove_state_directory(&bundle);
+        }
+        created
+    }
+
+    fn create_in(
         &mut self,
         id: &str,
         bundle: &Path,
@@ -340,9 +370,6 @@ impl Server {
         let [stdin, stdout, stderr]: [OwnedFd; 3] = fds
             .try_into()
             .map_err(|fds: Vec<OwnedFd>| format!("expected 3 stdio fds, got {}", fds.len()))?;
-        if self.running.contains_key(id) {
-            return Err(format!("container {id} exists already"));
-        }
         let rootfs = bundle.join("rootfs");
         std::fs::create_dir_all(&rootfs)
             .map_err(|e| format!("create {}: {e}", rootfs.display()))?;
@@ -549,21 +576,15 @@ impl Server {
         Ok(())
     }
 
-    /// Deletes, once a container runs, what only its start read: the bundle's `config.json`
-    /// (it holds the container's environment, secrets included), the bundle's empty root
-    /// mount point, and, where the helper makes no cgroups, libcontainer's state (with no
-    /// cgroup a container is its init's pid, which dies with the helper through its
-    /// parent-death signal: nothing reads that state again). The container runs meanwhile,
-    /// so these unlinks (most of a millisecond here) no longer come between its exit and the
-    /// engine learning of it.
-    fn remove_start_files(&self, id: &str, bundle: &Path) {
-        let config = bundle.join("config.json");
-        if let Err(e) = std::fs::remove_file(&config) {
-            debug!(path = %config.display(), error = %e, "left for the engine to delete");
-        }
-        let rootfs = bundle.join("rootfs");
-        if let Err(e) = std::fs::remove_dir(&rootfs) {
-            debug!(path = %rootfs.display(), error = %e, "left for the engine to delete");
+    /// Deletes, once a container runs, what only its start read: the bundle (`config.json`,
+    /// which holds the container's environment, secrets included, and the empty root mount
+    /// point), and, where the helper makes no cgroups, libcontainer's state (with no cgroup
+    /// a container is its init's pid, which dies with the helper through its parent-death
+    /// signal: nothing reads that state again). The container runs meanwhile, so these
+    /// unlinks no longer come between its exit and the engine learning of it.
+    fn remove_start_files(&self, id: &str) {
+        if let Ok(bundle) = self.bundle(id) {
+            remove_state_directory(&bundle);
         }
         if self.no_cgroups {
             self.remove_state(id);

@@ -8,6 +8,8 @@
 //!   pid 1 that would never reap) cannot exhaust the container's pids;
 //! - it forwards the signals it gets (SIGTERM from `cairn kill`, SIGINT, SIGHUP …) to the
 //!   command, which as pid 1 would otherwise ignore every signal it has no handler for;
+//! - it holds no descriptor but the container's stdio (the helper's, which it was cloned
+//!   from, are closed);
 //! - it asks for SIGKILL when the runtime helper dies, so a killed engine leaves no container
 //!   running (the pid namespace dies with its init);
 //! - it exits with the command's status, 128+N when the command died of signal N.
@@ -54,6 +56,8 @@ impl Executor for ReaperExecutor {
         if args.is_empty() {
             return Err(ExecutorError::InvalidArg);
         }
+        // Nothing below reads a descriptor but stdio, and every way out is an exit.
+        sys::close_descriptors_except(-1);
         // Credentials were changed before this point, which clears the parent-death signal;
         // set it now that nothing changes them any more.
         let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);

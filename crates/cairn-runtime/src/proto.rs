@@ -21,8 +21,6 @@ pub(crate) enum Request {
     Create {
         seq: u64,
         id: String,
-        /// Where the helper writes `config.json` and the empty `rootfs/` mount point.
-        bundle: PathBuf,
         config: Box<ContainerConfig>,
     },
     /// Send a signal to the container's init.

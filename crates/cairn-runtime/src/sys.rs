@@ -159,14 +159,18 @@ pub(crate) fn ignore_signals(signals: &[nix::sys::signal::Signal]) {
     }
 }
 
-/// Closes every descriptor of the process from 3 up, except `keep`: a forked helper starts
-/// with what an `exec` would have left it, not with the parent's files.
+/// Closes every descriptor of the process from 3 up, except `keep` (none when below 3). Two
+/// callers, both forked from the helper and never returning to code that owns one of these
+/// numbers: a forked helper, which starts with what an `exec` would have left it, not with
+/// the parent's files; and a container's pid 1 (the reaper), which does not `exec`, and so
+/// would otherwise hold the helper's sockets, other containers' pidfds and a handle on the
+/// host's `/proc` for as long as the container runs.
 pub(crate) fn close_descriptors_except(keep: RawFd) {
     let close = |first: RawFd, last: RawFd| {
         if first <= last {
             // SAFETY: close_range takes two numbers and a flag; it only closes descriptors.
-            // It runs in a freshly forked child that owns no Rust object of these numbers
-            // it will use again: the parent's objects are never dropped in the child.
+            // Both callers (above) own no Rust object of these numbers that they use or drop
+            // again: the parent's objects are never dropped in the child.
             unsafe { libc::syscall(libc::SYS_close_range, first as u32, last as u32, 0) };
         }
     };
