@@ -253,10 +253,10 @@ fn no_cgroup_view() -> nix::Result<()> {
 }
 
 /// Deletes a container's libcontainer state or bundle directory, if it is there.
-fn remove_state_directory(dir: &Path) {
+fn remove_directory(dir: &Path) {
     if let Err(e) = std::fs::remove_dir_all(dir) {
         if e.kind() != std::io::ErrorKind::NotFound {
-            warn!(path = %dir.display(), error = %e, "remove container state");
+            warn!(path = %dir.display(), error = %e, "remove container directory");
         }
     }
 }
@@ -355,7 +355,7 @@ impl Server {
         let bundle = self.bundle(id)?;
         let created = self.create_in(id, &bundle, config, fds);
         if created.is_err() {
-            remove_state_directory(&bundle);
+            remove_directory(&bundle);
         }
         created
     }
@@ -572,7 +572,7 @@ impl Server {
             }
             Err(e) => debug!(id, error = %e, "load stale container"),
         }
-        remove_state_directory(&dir);
+        remove_directory(&dir);
         Ok(())
     }
 
@@ -584,7 +584,7 @@ impl Server {
     /// unlinks no longer come between its exit and the engine learning of it.
     fn remove_start_files(&self, id: &str) {
         if let Ok(bundle) = self.bundle(id) {
-            remove_state_directory(&bundle);
+            remove_directory(&bundle);
         }
         if self.no_cgroups {
             self.remove_state(id);
@@ -592,7 +592,7 @@ impl Server {
     }
 
     fn remove_state(&self, id: &str) {
-        remove_state_directory(&self.containers_root.join(id));
+        remove_directory(&self.containers_root.join(id));
     }
 
     /// The engine is gone: kill every container, delete their state, exit.

@@ -57,7 +57,7 @@ impl Executor for ReaperExecutor {
             return Err(ExecutorError::InvalidArg);
         }
         // Nothing below reads a descriptor but stdio, and every way out is an exit.
-        sys::close_descriptors_except(-1);
+        sys::close_descriptors_except(None);
         // Credentials were changed before this point, which clears the parent-death signal;
         // set it now that nothing changes them any more.
         let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);

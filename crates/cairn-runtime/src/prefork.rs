@@ -101,7 +101,7 @@ fn child_main(sock: OwnedFd, parent: Pid) -> ! {
         let _ = nix::unistd::dup2_stdin(&null);
         let _ = nix::unistd::dup2_stdout(&null);
     }
-    sys::close_descriptors_except(sock.as_raw_fd());
+    sys::close_descriptors_except(Some(sock.as_raw_fd()));
     // Taken now, while the program is still opening its store, rather than on the way to the
     // first container (see its doc).
     let jit_memory = sys::socket_holding_jit_memory().ok();

@@ -159,13 +159,13 @@ pub(crate) fn ignore_signals(signals: &[nix::sys::signal::Signal]) {
     }
 }
 
-/// Closes every descriptor of the process from 3 up, except `keep` (none when below 3). Two
-/// callers, both forked from the helper and never returning to code that owns one of these
-/// numbers: a forked helper, which starts with what an `exec` would have left it, not with
-/// the parent's files; and a container's pid 1 (the reaper), which does not `exec`, and so
-/// would otherwise hold the helper's sockets, other containers' pidfds and a handle on the
-/// host's `/proc` for as long as the container runs.
-pub(crate) fn close_descriptors_except(keep: RawFd) {
+/// Closes every descriptor of the process from 3 up, except `keep`. Two callers, neither
+/// returning to code that owns one of these numbers: a helper forked from the engine, which
+/// starts with what an `exec` would have left it, not with the engine's files; and a
+/// container's pid 1 (the reaper, cloned from the helper), which does not `exec`, and so would
+/// otherwise hold the helper's sockets, other containers' pidfds and a handle on the host's
+/// `/proc` for as long as the container runs.
+pub(crate) fn close_descriptors_except(keep: Option<RawFd>) {
     let close = |first: RawFd, last: RawFd| {
         if first <= last {
             // SAFETY: close_range takes two numbers and a flag; it only closes descriptors.
@@ -174,11 +174,12 @@ pub(crate) fn close_descriptors_except(keep: RawFd) {
             unsafe { libc::syscall(libc::SYS_close_range, first as u32, last as u32, 0) };
         }
     };
-    if keep >= 3 {
-        close(3, keep - 1);
-        close(keep + 1, RawFd::MAX);
-    } else {
-        close(3, RawFd::MAX);
+    match keep {
+        Some(keep) if keep >= 3 => {
+            close(3, keep - 1);
+            close(keep + 1, RawFd::MAX);
+        }
+        _ => close(3, RawFd::MAX),
     }
 }
 
