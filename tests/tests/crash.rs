@@ -221,7 +221,10 @@ secrets = [ {{ name = "token", env = "TOKEN" }}, {{ name = "token", file = "/run
     );
     let running_container = || {
         std::fs::read_dir(cairn.root.join("containers"))
-            .map(|d| d.flatten().any(|e| e.path().join("record.json").exists()))
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".json"))
+            })
             .unwrap_or(false)
     };
     while !running_container() && Instant::now() < deadline {

@@ -291,7 +291,10 @@ secrets = [ {{ name = "token", env = "TOKEN" }}, {{ name = "token", file = "/run
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let running = loop {
         let found = fs::read_dir(&containers)
-            .map(|d| d.flatten().any(|e| e.path().join("record.json").exists()))
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".json"))
+            })
             .unwrap_or(false);
         if found || std::time::Instant::now() > deadline {
             break found;

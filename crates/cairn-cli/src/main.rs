@@ -128,20 +128,7 @@ fn main() -> ExitCode {
         // helper is executed then as usual.
         let _ = cairn_runtime::prefork_helper();
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
-                // Retries that end in success are not worth a line; one that ends in failure
-                // is the error itself. CAIRN_LOG=info shows them.
-                .unwrap_or_else(|_| {
-                    tracing_subscriber::EnvFilter::new("warn,cairn_registry=error")
-                }),
-        )
-        .with_writer(std::io::stderr)
-        .without_time()
-        .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    init_logging();
     // One container, or a listing, needs no worker threads, and starting and stopping them
     // is a measurable part of such a short command. Blocking work still goes to the
     // blocking pool either way. Pipelines and pulls run many things at once.
@@ -176,6 +163,39 @@ fn main() -> ExitCode {
     // Do not wait for threads still blocked on the terminal (an `exec -i` stdin copy).
     runtime.shutdown_background();
     code
+}
+
+/// Logs to stderr: warnings and errors, or what `CAIRN_LOG` (an `EnvFilter` directive such as
+/// `info` or `cairn_runtime=debug`) asks for.
+fn init_logging() {
+    use tracing_subscriber::filter::{EnvFilter, LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
+    let output = || {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .without_time()
+            .with_target(false)
+            .with_ansi(std::io::stderr().is_terminal())
+    };
+    let registry = tracing_subscriber::registry();
+    match EnvFilter::try_from_env("CAIRN_LOG") {
+        Ok(filter) => registry.with(output().with_filter(filter)).init(),
+        // Not an `EnvFilter` by default: parsing one compiles its regular expressions, a
+        // sixth of a millisecond at the start of every command.
+        Err(_) => registry
+            .with(
+                output().with_filter(
+                    Targets::new()
+                        .with_default(LevelFilter::WARN)
+                        // Retries that end in success are not worth a line; one that ends
+                        // in failure is the error itself. CAIRN_LOG=info shows them.
+                        .with_target("cairn_registry", LevelFilter::ERROR),
+                ),
+            )
+            .init(),
+    }
 }
 
 /// The error and its causes on one line, leaving out a cause whose text the message before it

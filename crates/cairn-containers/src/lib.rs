@@ -9,7 +9,7 @@
 //! 2. A fresh active snapshot is prepared on top of the image's top layer: the container
 //!    writes into its own upper directory, the image's snapshots are lower layers nobody
 //!    writes to, and any number of containers of one image run at once.
-//! 3. The container is recorded under `containers/<id>/` (with this process's store lease)
+//! 3. The container is recorded in `containers/<id>.json` (with this process's store lease)
 //!    and started by the runtime helper ([`cairn_runtime::Runtime`]).
 //! 4. When it exits its active snapshot is removed, unless the caller commits it.
 //!
@@ -18,6 +18,7 @@
 
 #![deny(missing_docs)]
 
+mod stubs;
 mod user;
 
 use std::collections::BTreeMap;
@@ -180,7 +181,7 @@ pub struct RunRequest {
     pub tty: bool,
 }
 
-/// What `cairn ps` shows of a container; kept in `containers/<id>/record.json`.
+/// What `cairn ps` shows of a container; kept in `containers/<id>.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ContainerRecord {
     /// The container id (12 hex digits).
@@ -203,10 +204,22 @@ pub struct ContainerRecord {
     pub limits: bool,
 }
 
+/// One entry of `containers/` (see [`Containers::records`]).
+struct RecordEntry {
+    id: String,
+    /// The record file, or the directory of the old layout.
+    path: PathBuf,
+    /// `None`: missing or unreadable.
+    record: Option<ContainerRecord>,
+    legacy: bool,
+    /// Last changed more than a minute ago.
+    old: bool,
+}
+
 struct Inner {
     store: Store,
     runtime: tokio::sync::OnceCell<Runtime>,
-    /// `containers/`: one directory per container this store runs.
+    /// `containers/`: one record (`ID.json`) per container this store runs.
     dir: PathBuf,
     /// `run/`: libcontainer's state, one directory per container.
     state_root: PathBuf,
@@ -295,13 +308,10 @@ impl Containers {
             .await
     }
 
+    /// `containers/ID.json`: a file of its own rather than a directory, which on the store's
+    /// disk cost a directory made and removed in every exec.
     fn record_path(&self, id: &str) -> PathBuf {
-        self.inner.dir.join(id).join("record.json")
-    }
-
-    fn read_record(&self, id: &str) -> Option<ContainerRecord> {
-        let bytes = std::fs::read(self.record_path(id)).ok()?;
-        serde_json::from_slice(&bytes).ok()
+        self.inner.dir.join(format!("{id}.json"))
     }
 
     fn write_record(&self, record: &ContainerRecord) -> Result<(), ContainersError> {
@@ -312,35 +322,83 @@ impl Containers {
         std::fs::rename(&temp, &path).map_err(io_err("write", &path))
     }
 
+    /// Deletes container `id`'s record, if it is there.
+    fn remove_record(&self, id: &str) -> Result<(), ContainersError> {
+        let path = self.record_path(id);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err("remove", &path)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every container record in `containers/`, read. Also takes what a killed process left
+    /// half-written (a `.json.tmp` older than a minute) and the layout of cairn before
+    /// records were files (`ID/record.json`), which a killed engine of that version may have
+    /// left.
+    fn records(&self) -> Result<Vec<RecordEntry>, ContainersError> {
+        let dir = &self.inner.dir;
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir)
+            .map_err(io_err("list", dir))?
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let old = || {
+                entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > Duration::from_secs(60))
+            };
+            let (id, file, legacy) = if let Some(id) = name.strip_suffix(".json") {
+                (id.to_owned(), entry.path(), false)
+            } else if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                (name.clone(), entry.path().join("record.json"), true)
+            } else {
+                if name.ends_with(".json.tmp") && old() {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+                continue;
+            };
+            let record = std::fs::read(&file)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+            out.push(RecordEntry {
+                id,
+                path: entry.path(),
+                record,
+                legacy,
+                old: old(),
+            });
+        }
+        Ok(out)
+    }
+
     /// Containers whose engine is gone: kill them, delete their runtime state, snapshot and
     /// record. Containers of live engines are left alone.
     async fn recover(&self) -> Result<(), ContainersError> {
         let store = &self.inner.store;
         let mut stale = Vec::new();
-        let entries =
-            std::fs::read_dir(&self.inner.dir).map_err(io_err("list", &self.inner.dir))?;
-        for entry in entries.flatten() {
-            let id = entry.file_name().to_string_lossy().into_owned();
-            match self.read_record(&id) {
+        for entry in self.records()? {
+            match &entry.record {
                 Some(r) if store.lease_is_live(&r.lease) => {}
-                Some(r) => stale.push((id, Some(r))),
-                // A record is written before anything else is started; a directory without
-                // one belongs to a creation that died at once, or is being created: only
-                // take it when old enough not to be the latter.
-                None => {
-                    let old = entry
-                        .metadata()
-                        .and_then(|m| m.modified())
-                        .ok()
-                        .and_then(|t| t.elapsed().ok())
-                        .is_some_and(|age| age > Duration::from_secs(60));
-                    if old {
-                        stale.push((id, None));
-                    }
-                }
+                Some(_) => stale.push(entry),
+                // Records are written whole (write and rename), before anything else is
+                // started; an unreadable one, or a directory of the old layout without one,
+                // is only taken when old enough not to be one being written.
+                None if entry.old => stale.push(entry),
+                None => {}
             }
         }
-        for (id, record) in &stale {
+        for RecordEntry {
+            id,
+            path,
+            record,
+            legacy,
+            ..
+        } in &stale
+        {
             if let Some(ContainerRecord {
                 pid: Some(pid),
                 start_time: Some(start),
@@ -364,8 +422,13 @@ impl Containers {
                 Err(e) if e.kind() == cairn_snapshot::ErrorKind::NotFound => {}
                 Err(e) => warn!(container = %id, error = %e, "remove snapshot of dead container"),
             }
-            store.remove_tree(&self.inner.dir.join(id))?;
+            if *legacy {
+                store.remove_tree(path)?;
+            } else {
+                self.remove_record(id)?;
+            }
         }
+        stubs::remove_stale(&self.inner.state_root.join(".stubs"));
         if !stale.is_empty() {
             info!(
                 count = stale.len(),
@@ -377,17 +440,12 @@ impl Containers {
 
     /// The containers of live engines on this store.
     pub fn list(&self) -> Result<Vec<ContainerRecord>, ContainersError> {
-        let mut out = Vec::new();
-        let entries =
-            std::fs::read_dir(&self.inner.dir).map_err(io_err("list", &self.inner.dir))?;
-        for entry in entries.flatten() {
-            let id = entry.file_name().to_string_lossy().into_owned();
-            if let Some(r) = self.read_record(&id) {
-                if r.pid.is_some() && self.inner.store.lease_is_live(&r.lease) {
-                    out.push(r);
-                }
-            }
-        }
+        let mut out: Vec<ContainerRecord> = self
+            .records()?
+            .into_iter()
+            .filter_map(|entry| entry.record)
+            .filter(|r| r.pid.is_some() && self.inner.store.lease_is_live(&r.lease))
+            .collect();
         out.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
         Ok(out)
     }
@@ -477,8 +535,6 @@ impl Containers {
         runtime.start_helper_for(&request.resources);
         let id = hex::encode(rand::random::<[u8; 6]>());
         debug!(container = %id, label = %request.label, "creating container");
-        let dir = self.inner.dir.join(&id);
-        std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         let mut record = ContainerRecord {
             id: id.clone(),
             image: request.label.clone(),
@@ -490,21 +546,28 @@ impl Containers {
             limits: request.resources.any(),
         };
         let key = snapshot_key(&id);
-        let prepared = self
-            .write_record(&record)
-            .and_then(|()| self.container_config(&request, &id))
-            .and_then(|mut config| {
-                let labels = BTreeMap::from([(LEASE_LABEL.to_owned(), store.lease().to_owned())]);
-                let mounts = store
-                    .snapshots()
-                    .prepare(&key, request.parent.as_deref(), &labels)?;
-                config.rootfs = rootfs_from(&mounts);
-                Ok(config)
-            });
+        let prepared = self.write_record(&record).and_then(|()| {
+            let layers = match &request.parent {
+                Some(parent) => store.snapshots().layer_dirs(parent)?,
+                None => Vec::new(),
+            };
+            let mut config = self.container_config(&request, &id, &layers)?;
+            let stubs = stubs::lower_for(
+                &self.inner.state_root.join(".stubs"),
+                &layers,
+                etc_files_mounted(&request.mounts),
+            )?;
+            let labels = BTreeMap::from([(LEASE_LABEL.to_owned(), store.lease().to_owned())]);
+            let mounts = store
+                .snapshots()
+                .prepare(&key, request.parent.as_deref(), &labels)?;
+            config.rootfs = rootfs_from(&mounts, stubs.as_deref());
+            Ok(config)
+        });
         let config = match prepared {
             Ok(c) => c,
             Err(e) => {
-                let _ = store.remove_tree(&dir);
+                let _ = self.remove_record(&id);
                 return Err(e);
             }
         };
@@ -533,6 +596,7 @@ impl Containers {
         &self,
         request: &RunRequest,
         id: &str,
+        layers: &[PathBuf],
     ) -> Result<ContainerConfig, ContainersError> {
         let store = &self.inner.store;
         let invalid = |reason: String| ContainersError::InvalidOptions {
@@ -548,12 +612,8 @@ impl Containers {
                 request.cwd
             )));
         }
-        let layers = match &request.parent {
-            Some(parent) => store.snapshots().layer_dirs(parent)?,
-            None => Vec::new(),
-        };
-        let passwd = user::read_from_layers(&layers, "etc/passwd");
-        let group = user::read_from_layers(&layers, "etc/group");
+        let passwd = user::read_from_layers(layers, "etc/passwd");
+        let group = user::read_from_layers(layers, "etc/group");
         let mut process_user =
             user::resolve_user(&request.user, passwd.as_deref(), group.as_deref())
                 .map_err(invalid)?;
@@ -613,7 +673,7 @@ impl Containers {
         }
     }
 
-    /// Removes a container's snapshot and directory.
+    /// Removes a container's snapshot and record.
     fn discard(&self, id: &str) {
         let store = &self.inner.store;
         if let Err(e) = store.snapshots().remove(&snapshot_key(id)) {
@@ -621,8 +681,8 @@ impl Containers {
                 warn!(container = %id, error = %e, "remove container snapshot");
             }
         }
-        if let Err(e) = store.remove_tree(&self.inner.dir.join(id)) {
-            warn!(container = %id, error = %e, "remove container directory");
+        if let Err(e) = self.remove_record(id) {
+            warn!(container = %id, error = %e, "remove container record");
         }
     }
 
@@ -770,17 +830,36 @@ pub fn snapshot_key(id: &str) -> String {
     format!("container-{id}")
 }
 
-/// The container's root from the snapshotter's mounts. The writable layer of an exec is
-/// thrown away afterwards, so the overlay is `volatile`: no sync of the upper filesystem when
-/// it is unmounted, which otherwise costs 5–50 ms per container on a busy disk. (A caller
-/// that commits the layer syncs it explicitly first.)
-fn rootfs_from(mounts: &[cairn_snapshot::Mount]) -> RootfsMount {
+/// The names of the files bound directly under `/etc` (where [`stubs`] may supply their
+/// mount points).
+fn etc_files_mounted(mounts: &[ExtraMount]) -> impl Iterator<Item = &str> {
+    mounts.iter().filter_map(|m| match m {
+        ExtraMount::Bind {
+            source,
+            destination,
+            ..
+        } if source.is_file() => destination.strip_prefix("/etc/"),
+        _ => None,
+    })
+}
+
+/// The container's root from the snapshotter's mounts, with `stubs` (see [`stubs`]) as the
+/// topmost lower layer. The writable layer of an exec is thrown away afterwards, so the
+/// overlay is `volatile`: no sync of the upper filesystem when it is unmounted, which
+/// otherwise costs 5–50 ms per container on a busy disk. (A caller that commits the layer
+/// syncs it explicitly first.)
+fn rootfs_from(mounts: &[cairn_snapshot::Mount], stubs: Option<&Path>) -> RootfsMount {
     match mounts.first() {
         Some(m) if m.kind == "overlay" => RootfsMount::Overlay {
             options: m
                 .options
                 .iter()
-                .cloned()
+                .map(|option| match (option.strip_prefix("lowerdir="), stubs) {
+                    (Some(lowers), Some(stubs)) => {
+                        format!("lowerdir={}:{lowers}", stubs.display())
+                    }
+                    _ => option.clone(),
+                })
                 .chain(std::iter::once("volatile".to_owned()))
                 .collect(),
         },
@@ -952,9 +1031,8 @@ impl RunningContainer {
             }
         }
         if result.as_ref().is_ok_and(|o| o.committed) {
-            let dir = self.containers.inner.dir.join(&self.record.id);
-            if let Err(e) = self.containers.inner.store.remove_tree(&dir) {
-                warn!(container = %self.record.id, error = %e, "remove container directory");
+            if let Err(e) = self.containers.remove_record(&self.record.id) {
+                warn!(container = %self.record.id, error = %e, "remove container record");
             }
         } else {
             self.containers.discard(&self.record.id);

@@ -103,8 +103,8 @@ pub(crate) struct Inner {
     pub(crate) helper: HelperProgram,
     pub(crate) lease: String,
     pub(crate) max_concurrent_downloads: usize,
-    db_path: PathBuf,
-    db: Mutex<Connection>,
+    /// The store's one connection to `metadata.db`, shared with the snapshotter.
+    db: cairn_snapshot::Database,
     _lease_lock: Flock<File>,
 }
 
@@ -221,25 +221,29 @@ impl Store {
             },
         });
         let db_path = root.join("metadata.db");
+        let db_err = |source| ImagesError::Database {
+            path: db_path.clone(),
+            source,
+        };
+        let db = cairn_snapshot::Database::open(&db_path).map_err(db_err)?;
         let content = ContentStore::open(&root).map_err(|source| ImagesError::Content {
             context: "open store".into(),
             source,
         })?;
         let snapshots = OverlaySnapshotter::open(
             &root.join("snapshots"),
-            &db_path,
+            db.clone(),
             OverlayConfig {
                 userxattr: config.rootless.is_some(),
             },
             Arc::new(WorkerRemover(worker.clone())),
         )?;
-        let db_err = |source| ImagesError::Database {
-            path: db_path.clone(),
-            source,
-        };
-        let db = cairn_snapshot::open_database(&db_path).map_err(db_err)?;
-        cairn_snapshot::apply_schema(&db, "images", SCHEMA).map_err(db_err)?;
-        cairn_snapshot::apply_schema(&db, "publish", crate::publish::SCHEMA).map_err(db_err)?;
+        {
+            let conn = db.lock();
+            cairn_snapshot::apply_schema(&conn, "images", SCHEMA).map_err(db_err)?;
+            cairn_snapshot::apply_schema(&conn, "publish", crate::publish::SCHEMA)
+                .map_err(db_err)?;
+        }
 
         let (lease, lease_lock) = take_lease(&root.join("leases"))?;
         let store = Store {
@@ -254,8 +258,7 @@ impl Store {
                 helper: options.helper.clone(),
                 lease,
                 max_concurrent_downloads: options.max_concurrent_downloads.max(1),
-                db_path,
-                db: Mutex::new(db),
+                db,
                 _lease_lock: lease_lock,
             }),
         };
@@ -410,12 +413,12 @@ impl Store {
     }
 
     pub(crate) fn db(&self) -> MutexGuard<'_, Connection> {
-        self.inner.db.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.db.lock()
     }
 
     pub(crate) fn db_err(&self) -> impl Fn(rusqlite::Error) -> ImagesError + '_ {
         |source| ImagesError::Database {
-            path: self.inner.db_path.clone(),
+            path: self.inner.db.path().to_owned(),
             source,
         }
     }

@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 pub use overlay::{
-    apply_schema, open_database, remove_tree_local, LocalRemover, OverlayConfig,
+    apply_schema, open_database, remove_tree_local, Database, LocalRemover, OverlayConfig,
     OverlaySnapshotter, TreeRemover,
 };
 

@@ -82,12 +82,53 @@ pub struct OverlayConfig {
     pub userxattr: bool,
 }
 
-/// The overlay snapshotter. Cheap to share behind an `Arc`; the database connection is
-/// serialised by a mutex, and other processes are kept out by SQLite's own locking.
+/// A process's one connection to a store's metadata database, shared by every part of the
+/// store that keeps tables there (snapshots, images): cheap to clone.
+///
+/// Each connection reads and parses the whole schema when first used, and the first one of
+/// a process also rebuilds the log's index: about 0.6 ms here for the first and 0.25 ms for
+/// each further one, in every `cairn exec`. Statements of one process are serialised by the
+/// mutex (SQLite would serialise their writes anyway); other processes are kept out by
+/// SQLite's own locking.
+#[derive(Clone)]
+pub struct Database {
+    conn: Arc<Mutex<Connection>>,
+    path: Arc<Path>,
+}
+
+impl Database {
+    /// Opens the database at `path` as [`open_database`] does.
+    pub fn open(path: &Path) -> Result<Database, rusqlite::Error> {
+        Ok(Database {
+            conn: Arc::new(Mutex::new(open_database(path)?)),
+            path: path.into(),
+        })
+    }
+
+    /// The connection, for one statement or transaction: do not hold it while calling
+    /// anything else that uses the database (a snapshotter's methods do).
+    pub fn lock(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The overlay snapshotter. Cheap to share behind an `Arc`.
 pub struct OverlaySnapshotter {
     root: PathBuf,
-    db_path: PathBuf,
-    conn: Mutex<Connection>,
+    db: Database,
     config: OverlayConfig,
     remover: Arc<dyn TreeRemover>,
 }
@@ -268,10 +309,10 @@ fn now() -> i64 {
 
 impl OverlaySnapshotter {
     /// Opens the snapshotter whose directories live under `root` and whose metadata lives in
-    /// the SQLite database at `db_path` (which other tables of the store may share).
+    /// `db` (which other tables of the store share).
     pub fn open(
         root: &Path,
-        db_path: &Path,
+        db: Database,
         config: OverlayConfig,
         remover: Arc<dyn TreeRemover>,
     ) -> Result<Self, SnapshotError> {
@@ -280,16 +321,15 @@ impl OverlaySnapshotter {
             path: root.to_owned(),
             source,
         })?;
-        let db_err = |source| SnapshotError::Database {
-            path: db_path.to_owned(),
-            source,
-        };
-        let conn = open_database(db_path).map_err(db_err)?;
-        apply_schema(&conn, "snapshots", SCHEMA).map_err(db_err)?;
+        apply_schema(&db.lock(), "snapshots", SCHEMA).map_err(|source| {
+            SnapshotError::Database {
+                path: db.path().to_owned(),
+                source,
+            }
+        })?;
         Ok(OverlaySnapshotter {
             root: root.to_owned(),
-            db_path: db_path.to_owned(),
-            conn: Mutex::new(conn),
+            db,
             config,
             remover,
         })
@@ -297,13 +337,13 @@ impl OverlaySnapshotter {
 
     fn db_err(&self) -> impl Fn(rusqlite::Error) -> SnapshotError + '_ {
         |source| SnapshotError::Database {
-            path: self.db_path.clone(),
+            path: self.db.path().to_owned(),
             source,
         }
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+        self.db.lock()
     }
 
     fn dir(&self, id: i64) -> PathBuf {
@@ -825,7 +865,7 @@ mod tests {
     fn overlay(dir: &Path) -> OverlaySnapshotter {
         OverlaySnapshotter::open(
             &dir.join("snapshots"),
-            &dir.join("metadata.db"),
+            Database::open(&dir.join("metadata.db")).unwrap(),
             OverlayConfig::default(),
             Arc::new(LocalRemover),
         )
