@@ -364,7 +364,8 @@ fn directory_entries_subdirectories_and_rootfs(who: Who) {
         let c = engine.container().from(busybox()).with_exec([
             "sh",
             "-c",
-            "mkdir -p /out/z /out/a && echo 1 > /out/m.txt && ln -s /out /link && cat /etc/cairn-fixture",
+            "test -f /etc/hosts -a -f /etc/resolv.conf || exit 9; \
+             mkdir -p /out/z /out/a && echo 1 > /out/m.txt && ln -s /out /link && cat /etc/cairn-fixture",
         ]);
         rt.block_on(async {
             // A host directory, filtered, and its subdirectories.
@@ -414,6 +415,12 @@ fn directory_entries_subdirectories_and_rootfs(who: Who) {
             assert_eq!(
                 c.directory("/out").entries().await.unwrap(),
                 ["a", "m.txt", "z"]
+            );
+            // The step saw the host's /etc/hosts and /etc/resolv.conf, which the image lacks;
+            // their mount points are not left in its result (BuildKit removes such stubs).
+            assert_eq!(
+                c.directory("/etc").entries().await.unwrap(),
+                ["cairn-fixture", "group", "passwd"]
             );
             // Symlinks are followed inside the container: /link is /out, /bin/sh busybox.
             assert_eq!(
