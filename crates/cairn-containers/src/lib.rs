@@ -221,7 +221,8 @@ struct Inner {
     runtime: tokio::sync::OnceCell<Runtime>,
     /// `containers/`: one record (`ID.json`) per container this store runs.
     dir: PathBuf,
-    /// `run/`: libcontainer's state, one directory per container.
+    /// `run/`: libcontainer's state, one directory per container; and `run/.stubs`, the
+    /// mount points images lack (see [`stubs`]).
     state_root: PathBuf,
 }
 
