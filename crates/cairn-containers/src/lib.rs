@@ -179,6 +179,10 @@ pub struct RunRequest {
     pub resources: Resources,
     /// The stdio is a terminal.
     pub tty: bool,
+    /// The caller may commit the writable layer ([`RunningContainer::run_and_commit`]).
+    /// Otherwise it is a scratch snapshot ([`cairn_snapshot::Snapshotter::prepare_scratch`]),
+    /// which is only ever thrown away and costs the store's database nothing.
+    pub commit_layer: bool,
 }
 
 /// What `cairn ps` shows of a container; kept in `containers/<id>.json`.
@@ -559,9 +563,12 @@ impl Containers {
                 etc_files_mounted(&request.mounts),
             )?;
             let labels = BTreeMap::from([(LEASE_LABEL.to_owned(), store.lease().to_owned())]);
-            let mounts = store
-                .snapshots()
-                .prepare(&key, request.parent.as_deref(), &labels)?;
+            let parent = request.parent.as_deref();
+            let mounts = if request.commit_layer {
+                store.snapshots().prepare(&key, parent, &labels)?
+            } else {
+                store.snapshots().prepare_scratch(&key, parent, &labels)?
+            };
             config.rootfs = rootfs_from(&mounts, stubs.as_deref());
             Ok(config)
         });
@@ -808,6 +815,7 @@ impl Containers {
             network: options.network,
             resources: options.resources,
             tty: options.tty,
+            commit_layer: false,
         })
     }
 }

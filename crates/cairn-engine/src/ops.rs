@@ -646,6 +646,7 @@ impl ExecOp {
             user,
             mounts,
             network: spec.network,
+            commit_layer: true,
             ..RunRequest::default()
         };
 

@@ -210,6 +210,19 @@ pub trait Snapshotter: Send + Sync {
         labels: &BTreeMap<String, String>,
     ) -> Result<Vec<Mount>, SnapshotError>;
 
+    /// Creates an active snapshot that will only ever be removed, never committed (a
+    /// container's writable layer that is thrown away), and returns its mounts. Everything
+    /// but [`Snapshotter::commit`] treats it as an active snapshot. An implementation may keep
+    /// it out of its metadata, since nothing is ever built on it.
+    fn prepare_scratch(
+        &self,
+        key: &str,
+        parent: Option<&str>,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Vec<Mount>, SnapshotError> {
+        self.prepare(key, parent, labels)
+    }
+
     /// Creates a read-only view of the committed `parent` and returns its mounts.
     fn view(
         &self,

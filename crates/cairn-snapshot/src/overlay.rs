@@ -7,14 +7,22 @@
 //! snapshots/<id>/work    overlay's work dir (active snapshots only)
 //! snapshots/new-<rand>   a snapshot being created, locked by its creator
 //! snapshots/removed-…    a snapshot being deleted
+//! snapshots/scratch-<h>  a scratch snapshot: fs, work and scratch.json (no row)
 //! ```
+//!
+//! Scratch snapshots ([`Snapshotter::prepare_scratch`]) are the writable layers that are
+//! thrown away (every `cairn exec`): they exist only as their directory, so making and
+//! deleting one writes nothing to the database. Their creator holds a shared `flock` on the
+//! parent's directory while they exist, and removing a committed snapshot takes an exclusive
+//! one: a snapshot a running container stands on cannot be removed. A scratch snapshot whose
+//! creator died is found by [`Snapshotter::walk_uncommitted`], by its labels, like any other.
 //!
 //! A new snapshot directory is built under a temporary name and renamed to its id inside the
 //! database transaction that records it, and the database write lock serialises those
 //! transactions across processes. So a numbered directory without a row can only be debris of a
 //! killed process, and [`OverlaySnapshotter::cleanup`] may delete it.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -131,6 +139,29 @@ pub struct OverlaySnapshotter {
     db: Database,
     config: OverlayConfig,
     remover: Arc<dyn TreeRemover>,
+    /// The shared locks on the parents of this process's scratch snapshots, by key.
+    scratch_parents: Mutex<HashMap<String, Flock<File>>>,
+}
+
+/// What a scratch snapshot's directory says of it (`scratch.json`).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ScratchInfo {
+    key: String,
+    parent: Option<String>,
+    labels: BTreeMap<String, String>,
+    created: i64,
+}
+
+impl ScratchInfo {
+    fn info(self) -> Info {
+        Info {
+            name: self.key,
+            kind: Kind::Active,
+            parent: self.parent,
+            labels: self.labels,
+            created: self.created,
+        }
+    }
 }
 
 struct Row {
@@ -332,6 +363,7 @@ impl OverlaySnapshotter {
             db,
             config,
             remover,
+            scratch_parents: Mutex::default(),
         })
     }
 
@@ -389,10 +421,9 @@ impl OverlaySnapshotter {
         let mut out = Vec::new();
         while let Some(id) = parent {
             out.push(id);
-            parent =
-                conn.query_row("SELECT parent_id FROM snapshots WHERE id = ?1", [id], |r| {
-                    r.get(0)
-                })?;
+            parent = conn
+                .prepare_cached("SELECT parent_id FROM snapshots WHERE id = ?1")?
+                .query_row([id], |r| r.get(0))?;
         }
         Ok(out)
     }
@@ -476,6 +507,201 @@ impl OverlaySnapshotter {
         Ok(vec![mount])
     }
 
+    /// The directory of scratch snapshot `key`.
+    fn scratch_dir(&self, key: &str) -> PathBuf {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(key.as_bytes());
+        self.root
+            .join(format!("scratch-{}", hex::encode(&digest[..8])))
+    }
+
+    /// Scratch snapshot `key`, if there is one.
+    fn scratch(&self, key: &str) -> Option<ScratchInfo> {
+        Self::read_scratch(&self.scratch_dir(key)).filter(|info| info.key == key)
+    }
+
+    fn read_scratch(dir: &Path) -> Option<ScratchInfo> {
+        let bytes = fs::read(dir.join("scratch.json")).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Every scratch snapshot in the store, of any process.
+    fn scratches(&self) -> Result<Vec<ScratchInfo>, SnapshotError> {
+        let entries = fs::read_dir(&self.root).map_err(|source| SnapshotError::Io {
+            action: "list snapshot directory",
+            path: self.root.clone(),
+            source,
+        })?;
+        Ok(entries
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("scratch-"))
+            .filter_map(|e| Self::read_scratch(&e.path()))
+            .collect())
+    }
+
+    /// The overlay mounts of a writable layer at `dir` on the snapshots `lowers` (topmost
+    /// first), or a bind of its `fs` without any.
+    fn writable_mounts(&self, dir: &Path, lowers: &[i64]) -> Vec<Mount> {
+        if lowers.is_empty() {
+            return vec![Mount {
+                kind: "bind".into(),
+                source: dir.join("fs"),
+                options: vec!["rbind".into(), "rw".into()],
+            }];
+        }
+        let mut options = Vec::new();
+        if self.config.userxattr {
+            options.push("userxattr".into());
+        }
+        options.push(format!("workdir={}", dir.join("work").display()));
+        options.push(format!("upperdir={}", dir.join("fs").display()));
+        let lowers: Vec<String> = lowers
+            .iter()
+            .map(|&p| self.fs_dir(p).display().to_string())
+            .collect();
+        options.push(format!("lowerdir={}", lowers.join(":")));
+        vec![Mount {
+            kind: "overlay".into(),
+            source: "overlay".into(),
+            options,
+        }]
+    }
+
+    /// The chain of committed snapshot `parent` (its id first), with a shared lock on its
+    /// directory that keeps [`Snapshotter::remove`] from deleting it while held.
+    fn lock_parent(&self, parent: &str) -> Result<(Vec<i64>, Flock<File>), SnapshotError> {
+        let row = Self::row(&self.conn(), parent)
+            .map_err(self.db_err())?
+            .ok_or_else(|| SnapshotError::NotFound(parent.to_owned()))?;
+        if row.kind != Kind::Committed {
+            return Err(SnapshotError::Precondition {
+                name: parent.to_owned(),
+                reason: "parent is not committed".into(),
+            });
+        }
+        let dir = self.dir(row.id);
+        let lock = File::open(&dir)
+            .map_err(|_| SnapshotError::NotFound(parent.to_owned()))
+            .and_then(|f| {
+                Flock::lock(f, FlockArg::LockShared).map_err(|(_, errno)| SnapshotError::Io {
+                    action: "lock snapshot",
+                    path: dir.clone(),
+                    source: errno.into(),
+                })
+            })?;
+        // Read again under the lock: a removal that won the race has deleted the row (and
+        // renamed the directory this lock is on).
+        let chain = Self::ancestors(&self.conn(), Some(row.id)).map_err(self.db_err())?;
+        let still = Self::row(&self.conn(), parent).map_err(self.db_err())?;
+        if still.is_none_or(|r| r.id != row.id) {
+            return Err(SnapshotError::NotFound(parent.to_owned()));
+        }
+        Ok((chain, lock))
+    }
+
+    fn create_scratch(
+        &self,
+        key: &str,
+        parent: Option<&str>,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Vec<Mount>, SnapshotError> {
+        let io = |action, path: &Path| {
+            let path = path.to_owned();
+            move |source| SnapshotError::Io {
+                action,
+                path,
+                source,
+            }
+        };
+        let target = self.scratch_dir(key);
+        if target.exists()
+            || Self::row(&self.conn(), key)
+                .map_err(self.db_err())?
+                .is_some()
+        {
+            return Err(SnapshotError::AlreadyExists(key.to_owned()));
+        }
+        let (lowers, parent_lock) = match parent {
+            Some(p) => {
+                let (chain, lock) = self.lock_parent(p)?;
+                (chain, Some(lock))
+            }
+            None => (Vec::new(), None),
+        };
+        let temp = self.root.join(format!(
+            "new-{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        fs::create_dir(&temp).map_err(io("create snapshot directory", &temp))?;
+        let _lock = lock_dir(&temp).map_err(io("lock snapshot directory", &temp))?;
+        let result = (|| {
+            for sub in ["fs", "work"] {
+                fs::create_dir(temp.join(sub)).map_err(io("create snapshot directory", &temp))?;
+            }
+            let info = ScratchInfo {
+                key: key.to_owned(),
+                parent: parent.map(str::to_owned),
+                labels: labels.clone(),
+                created: now(),
+            };
+            let file = temp.join("scratch.json");
+            fs::write(&file, serde_json::to_vec(&info).expect("serialises"))
+                .map_err(io("write", &file))?;
+            fs::rename(&temp, &target).map_err(|source| {
+                if target.exists() {
+                    SnapshotError::AlreadyExists(key.to_owned())
+                } else {
+                    io("rename snapshot directory", &target)(source)
+                }
+            })
+        })();
+        if let Err(e) = result {
+            let _ = self.remover.remove_tree(&temp);
+            return Err(e);
+        }
+        if let Some(lock) = parent_lock {
+            self.scratch_parents
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key.to_owned(), lock);
+        }
+        debug!(key, ?parent, "created scratch snapshot");
+        Ok(self.writable_mounts(&target, &lowers))
+    }
+
+    /// Deletes scratch snapshot `key`; `false` when there is none.
+    fn remove_scratch(&self, key: &str) -> Result<bool, SnapshotError> {
+        if self.scratch(key).is_none() {
+            return Ok(false);
+        }
+        let dir = self.scratch_dir(key);
+        let grave = self
+            .root
+            .join(format!("removed-scratch-{:08x}", rand::random::<u32>()));
+        match fs::rename(&dir, &grave) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(SnapshotError::NotFound(key.to_owned()))
+            }
+            Err(source) => {
+                return Err(SnapshotError::Io {
+                    action: "rename snapshot",
+                    path: dir,
+                    source,
+                })
+            }
+        }
+        self.scratch_parents
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+        if let Err(e) = self.remover.remove_tree(&grave) {
+            warn!(path = %grave.display(), error = %e, "snapshot removed, its directory is left for cleanup");
+        }
+        Ok(true)
+    }
+
     fn create(
         &self,
         kind: Kind,
@@ -491,6 +717,9 @@ impl OverlaySnapshotter {
                 source,
             }
         };
+        if self.scratch_dir(key).exists() {
+            return Err(SnapshotError::AlreadyExists(key.to_owned()));
+        }
         // Build the directory under a temporary name, locked so cleaners leave it alone.
         let temp = self.root.join(format!(
             "new-{}-{:016x}",
@@ -663,6 +892,15 @@ impl Snapshotter for OverlaySnapshotter {
         self.create(Kind::Active, key, parent, labels)
     }
 
+    fn prepare_scratch(
+        &self,
+        key: &str,
+        parent: Option<&str>,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Vec<Mount>, SnapshotError> {
+        self.create_scratch(key, parent, labels)
+    }
+
     fn view(
         &self,
         key: &str,
@@ -674,10 +912,24 @@ impl Snapshotter for OverlaySnapshotter {
 
     fn mounts(&self, key: &str) -> Result<Vec<Mount>, SnapshotError> {
         let conn = self.conn();
-        let row = Self::row(&conn, key)
-            .map_err(self.db_err())?
-            .ok_or_else(|| SnapshotError::NotFound(key.to_owned()))?;
-        self.mounts_for(&conn, &row)
+        match Self::row(&conn, key).map_err(self.db_err())? {
+            Some(row) => self.mounts_for(&conn, &row),
+            None => {
+                let info = self
+                    .scratch(key)
+                    .ok_or_else(|| SnapshotError::NotFound(key.to_owned()))?;
+                let lowers = match &info.parent {
+                    Some(p) => {
+                        let row = Self::row(&conn, p)
+                            .map_err(self.db_err())?
+                            .ok_or_else(|| SnapshotError::NotFound(p.clone()))?;
+                        Self::ancestors(&conn, Some(row.id)).map_err(self.db_err())?
+                    }
+                    None => Vec::new(),
+                };
+                Ok(self.writable_mounts(&self.scratch_dir(key), &lowers))
+            }
+        }
     }
 
     fn commit(
@@ -690,9 +942,15 @@ impl Snapshotter for OverlaySnapshotter {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(self.db_err())?;
-        let row = Self::row(&tx, key)
-            .map_err(self.db_err())?
-            .ok_or_else(|| SnapshotError::NotFound(key.to_owned()))?;
+        let Some(row) = Self::row(&tx, key).map_err(self.db_err())? else {
+            return Err(match self.scratch(key) {
+                Some(_) => SnapshotError::Precondition {
+                    name: key.to_owned(),
+                    reason: "a scratch snapshot is only ever removed, never committed".into(),
+                },
+                None => SnapshotError::NotFound(key.to_owned()),
+            });
+        };
         if row.kind != Kind::Active {
             return Err(SnapshotError::Precondition {
                 name: key.to_owned(),
@@ -730,6 +988,9 @@ impl Snapshotter for OverlaySnapshotter {
     }
 
     fn remove(&self, key: &str) -> Result<(), SnapshotError> {
+        if self.remove_scratch(key)? {
+            return Ok(());
+        }
         let grave;
         {
             let conn = self.conn();
@@ -760,6 +1021,21 @@ impl Snapshotter for OverlaySnapshotter {
                     reason: format!("{children} snapshot(s) are built on it"),
                 });
             }
+            // Scratch snapshots on it hold shared locks on its directory (see the module
+            // doc); this exclusive one is held until the row and directory are gone.
+            let _in_use = if row.kind == Kind::Committed {
+                match File::open(self.dir(row.id)) {
+                    Ok(dir) => Some(Flock::lock(dir, FlockArg::LockExclusiveNonblock).map_err(
+                        |_| SnapshotError::Precondition {
+                            name: key.to_owned(),
+                            reason: "a running container's writable layer is built on it".into(),
+                        },
+                    )?),
+                    Err(_) => None,
+                }
+            } else {
+                None
+            };
             tx.execute("DELETE FROM snapshots WHERE id = ?1", [row.id])
                 .map_err(self.db_err())?;
             let dir = self.dir(row.id);
@@ -788,10 +1064,13 @@ impl Snapshotter for OverlaySnapshotter {
 
     fn stat(&self, key: &str) -> Result<Info, SnapshotError> {
         let conn = self.conn();
-        let row = Self::row(&conn, key)
-            .map_err(self.db_err())?
-            .ok_or_else(|| SnapshotError::NotFound(key.to_owned()))?;
-        self.info(&conn, row)
+        match Self::row(&conn, key).map_err(self.db_err())? {
+            Some(row) => self.info(&conn, row),
+            None => self
+                .scratch(key)
+                .map(ScratchInfo::info)
+                .ok_or_else(|| SnapshotError::NotFound(key.to_owned())),
+        }
     }
 
     fn walk(&self) -> Result<Vec<Info>, SnapshotError> {
@@ -800,7 +1079,12 @@ impl Snapshotter for OverlaySnapshotter {
             .prepare("SELECT id, name, kind, parent_id, labels, created FROM snapshots ORDER BY id")
             .and_then(|mut s| s.query_map([], Self::map_row)?.collect())
             .map_err(self.db_err())?;
-        rows.into_iter().map(|r| self.info(&conn, r)).collect()
+        let mut out: Vec<Info> = rows
+            .into_iter()
+            .map(|r| self.info(&conn, r))
+            .collect::<Result<_, _>>()?;
+        out.extend(self.scratches()?.into_iter().map(ScratchInfo::info));
+        Ok(out)
     }
 
     fn walk_uncommitted(&self) -> Result<Vec<Info>, SnapshotError> {
@@ -815,20 +1099,24 @@ impl Snapshotter for OverlaySnapshotter {
                     .collect()
             })
             .map_err(self.db_err())?;
-        rows.into_iter().map(|r| self.info(&conn, r)).collect()
+        let mut out: Vec<Info> = rows
+            .into_iter()
+            .map(|r| self.info(&conn, r))
+            .collect::<Result<_, _>>()?;
+        out.extend(self.scratches()?.into_iter().map(ScratchInfo::info));
+        Ok(out)
     }
 
     fn usage(&self, key: &str) -> Result<Usage, SnapshotError> {
-        let id = {
-            let conn = self.conn();
-            Self::row(&conn, key)
-                .map_err(self.db_err())?
-                .ok_or_else(|| SnapshotError::NotFound(key.to_owned()))?
-                .id
+        let row = Self::row(&self.conn(), key).map_err(self.db_err())?;
+        let fs_dir = match row {
+            Some(row) => self.fs_dir(row.id),
+            None if self.scratch(key).is_some() => self.scratch_dir(key).join("fs"),
+            None => return Err(SnapshotError::NotFound(key.to_owned())),
         };
         let mut usage = Usage::default();
         let mut seen = HashSet::new();
-        let mut stack = vec![self.fs_dir(id)];
+        let mut stack = vec![fs_dir];
         while let Some(dir) = stack.pop() {
             let entries = fs::read_dir(&dir).map_err(|source| SnapshotError::Io {
                 action: "measure snapshot",
@@ -1016,6 +1304,88 @@ mod tests {
         ));
         b.commit("n", "k", &labels()).unwrap();
         assert_eq!(a.stat("n").unwrap().kind, Kind::Committed);
+    }
+
+    fn rows(s: &OverlaySnapshotter) -> i64 {
+        s.conn()
+            .query_row("SELECT count(*) FROM snapshots", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// A scratch snapshot is a writable overlay like any active one, but never a row: making
+    /// and removing it leaves the database as it was.
+    #[test]
+    fn scratch_snapshots_live_outside_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = overlay(dir.path());
+        let m = s.prepare("base-active", None, &labels()).unwrap();
+        fs::write(m[0].writable_dir().unwrap().join("a"), "1").unwrap();
+        s.commit("base", "base-active", &labels()).unwrap();
+        let before = rows(&s);
+        let lease = BTreeMap::from([("lease".to_owned(), "x".to_owned())]);
+        let m = s.prepare_scratch("exec", Some("base"), &lease).unwrap();
+        assert_eq!(rows(&s), before);
+        assert_eq!(m[0].kind, "overlay");
+        assert!(m[0].lower_dirs()[0].join("a").exists());
+        assert!(m[0].writable_dir().unwrap().is_dir());
+        assert_eq!(s.mounts("exec").unwrap(), m);
+        let info = s.stat("exec").unwrap();
+        assert_eq!(
+            (info.kind, info.parent.as_deref(), &info.labels),
+            (Kind::Active, Some("base"), &lease)
+        );
+        assert!(s
+            .walk_uncommitted()
+            .unwrap()
+            .iter()
+            .any(|i| i.name == "exec"));
+        for taken in [
+            s.prepare_scratch("exec", Some("base"), &labels()),
+            s.prepare("exec", Some("base"), &labels()),
+        ] {
+            assert!(matches!(taken, Err(SnapshotError::AlreadyExists(_))));
+        }
+        assert!(matches!(
+            s.commit("kept", "exec", &labels()),
+            Err(SnapshotError::Precondition { .. })
+        ));
+        assert!(s.usage("exec").is_ok());
+        s.remove("exec").unwrap();
+        assert!(matches!(s.stat("exec"), Err(SnapshotError::NotFound(_))));
+        assert!(matches!(s.remove("exec"), Err(SnapshotError::NotFound(_))));
+        assert_eq!(rows(&s), before);
+        assert!(s.walk().unwrap().iter().all(|i| i.name != "exec"));
+        // No parent: a writable bind, as for `prepare`.
+        let m = s.prepare_scratch("empty", None, &labels()).unwrap();
+        assert_eq!(m[0].kind, "bind");
+        s.remove("empty").unwrap();
+        assert_eq!(s.cleanup().unwrap(), 0);
+    }
+
+    /// The snapshot a scratch snapshot stands on cannot be removed, from this handle or
+    /// another (another process), until the scratch snapshot is.
+    #[test]
+    fn a_scratch_snapshots_parent_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = overlay(dir.path());
+        let other = overlay(dir.path());
+        s.prepare("base-active", None, &labels()).unwrap();
+        s.commit("base", "base-active", &labels()).unwrap();
+        s.prepare_scratch("exec", Some("base"), &labels()).unwrap();
+        for handle in [&s, &other] {
+            assert!(matches!(
+                handle.remove("base"),
+                Err(SnapshotError::Precondition { .. })
+            ));
+        }
+        assert_eq!(other.stat("base").unwrap().kind, Kind::Committed);
+        // Its lock goes with it.
+        s.remove("exec").unwrap();
+        other.remove("base").unwrap();
+        assert!(matches!(
+            s.prepare_scratch("late", Some("base"), &labels()),
+            Err(SnapshotError::NotFound(_))
+        ));
     }
 
     fn synchronous(s: &OverlaySnapshotter) -> i64 {
