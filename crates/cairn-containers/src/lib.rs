@@ -8,7 +8,10 @@
 //!    Docker's do.
 //! 2. A fresh active snapshot is prepared on top of the image's top layer: the container
 //!    writes into its own upper directory, the image's snapshots are lower layers nobody
-//!    writes to, and any number of containers of one image run at once.
+//!    writes to, and any number of containers of one image run at once. A layer nobody will
+//!    commit is a scratch snapshot, which the store's database never hears of; mount points
+//!    the image lacks for the host's `/etc` files come from a shared lower layer
+//!    (`run/.stubs`), not from the writable one.
 //! 3. The container is recorded in `containers/<id>.json` (with this process's store lease)
 //!    and started by the runtime helper ([`cairn_runtime::Runtime`]).
 //! 4. When it exits its active snapshot is removed, unless the caller commits it.
