@@ -1306,10 +1306,13 @@ mod tests {
         assert_eq!(a.stat("n").unwrap().kind, Kind::Committed);
     }
 
+    /// One number from the snapshotter's database.
+    fn scalar(s: &OverlaySnapshotter, sql: &str) -> i64 {
+        s.conn().query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
     fn rows(s: &OverlaySnapshotter) -> i64 {
-        s.conn()
-            .query_row("SELECT count(*) FROM snapshots", [], |r| r.get(0))
-            .unwrap()
+        scalar(s, "SELECT count(*) FROM snapshots")
     }
 
     /// A scratch snapshot is a writable overlay like any active one, but never a row: making
@@ -1389,9 +1392,7 @@ mod tests {
     }
 
     fn synchronous(s: &OverlaySnapshotter) -> i64 {
-        s.conn()
-            .query_row("PRAGMA synchronous", [], |r| r.get(0))
-            .unwrap()
+        scalar(s, "PRAGMA synchronous")
     }
 
     /// Throw-away snapshots skip the log's fsync; nothing else may: the connection is back at
