@@ -332,6 +332,16 @@ fn lock_dir(path: &Path) -> std::io::Result<Flock<File>> {
     Flock::lock(dir, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| errno.into())
 }
 
+/// Maps an I/O error to [`SnapshotError::Io`] naming `action` and `path`.
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError {
+    let path = path.to_owned();
+    move |source| SnapshotError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
 fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -444,36 +454,10 @@ impl OverlaySnapshotter {
 
     fn mounts_for(&self, conn: &Connection, row: &Row) -> Result<Vec<Mount>, SnapshotError> {
         let parents = Self::ancestors(conn, row.parent_id).map_err(self.db_err())?;
-        let lowerdir = || {
-            let dirs: Vec<String> = parents
-                .iter()
-                .map(|&p| self.fs_dir(p).display().to_string())
-                .collect();
-            format!("lowerdir={}", dirs.join(":"))
-        };
+        let lowerdir = || self.lowerdir(&parents);
         let mut options = Vec::new();
         let mount = match (row.kind, parents.len()) {
-            (Kind::Active, 0) => Mount {
-                kind: "bind".into(),
-                source: self.fs_dir(row.id),
-                options: vec!["rbind".into(), "rw".into()],
-            },
-            (Kind::Active, _) => {
-                if self.config.userxattr {
-                    options.push("userxattr".into());
-                }
-                options.push(format!(
-                    "workdir={}",
-                    self.dir(row.id).join("work").display()
-                ));
-                options.push(format!("upperdir={}", self.fs_dir(row.id).display()));
-                options.push(lowerdir());
-                Mount {
-                    kind: "overlay".into(),
-                    source: "overlay".into(),
-                    options,
-                }
-            }
+            (Kind::Active, _) => return Ok(self.writable_mounts(&self.dir(row.id), &parents)),
             (Kind::View, 0) => Mount {
                 kind: "bind".into(),
                 source: self.fs_dir(row.id),
@@ -505,6 +489,19 @@ impl OverlaySnapshotter {
             }
         };
         Ok(vec![mount])
+    }
+
+    /// A new snapshot directory under a temporary name (`new-PID-RAND`), locked so that
+    /// cleaners leave it alone while its creator builds it; renamed when complete.
+    fn new_dir(&self) -> Result<(PathBuf, Flock<File>), SnapshotError> {
+        let temp = self.root.join(format!(
+            "new-{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        fs::create_dir(&temp).map_err(io_err("create snapshot directory", &temp))?;
+        let lock = lock_dir(&temp).map_err(io_err("lock snapshot directory", &temp))?;
+        Ok((temp, lock))
     }
 
     /// The directory of scratch snapshot `key`.
@@ -539,6 +536,15 @@ impl OverlaySnapshotter {
             .collect())
     }
 
+    /// overlayfs's `lowerdir` option for the snapshots `lowers`, topmost first.
+    fn lowerdir(&self, lowers: &[i64]) -> String {
+        let dirs: Vec<String> = lowers
+            .iter()
+            .map(|&p| self.fs_dir(p).display().to_string())
+            .collect();
+        format!("lowerdir={}", dirs.join(":"))
+    }
+
     /// The overlay mounts of a writable layer at `dir` on the snapshots `lowers` (topmost
     /// first), or a bind of its `fs` without any.
     fn writable_mounts(&self, dir: &Path, lowers: &[i64]) -> Vec<Mount> {
@@ -555,11 +561,7 @@ impl OverlaySnapshotter {
         }
         options.push(format!("workdir={}", dir.join("work").display()));
         options.push(format!("upperdir={}", dir.join("fs").display()));
-        let lowers: Vec<String> = lowers
-            .iter()
-            .map(|&p| self.fs_dir(p).display().to_string())
-            .collect();
-        options.push(format!("lowerdir={}", lowers.join(":")));
+        options.push(self.lowerdir(lowers));
         vec![Mount {
             kind: "overlay".into(),
             source: "overlay".into(),
@@ -589,14 +591,15 @@ impl OverlaySnapshotter {
                     source: errno.into(),
                 })
             })?;
-        // Read again under the lock: a removal that won the race has deleted the row (and
-        // renamed the directory this lock is on).
-        let chain = Self::ancestors(&self.conn(), Some(row.id)).map_err(self.db_err())?;
-        let still = Self::row(&self.conn(), parent).map_err(self.db_err())?;
-        if still.is_none_or(|r| r.id != row.id) {
-            return Err(SnapshotError::NotFound(parent.to_owned()));
+        // Read under the lock: a removal that won the race has deleted the row (and renamed
+        // the directory this lock is on), and ids are never reused.
+        match Self::ancestors(&self.conn(), Some(row.id)) {
+            Ok(chain) => Ok((chain, lock)),
+            Err(rusqlite::Error::QueryReturnedNoRows) => {
+                Err(SnapshotError::NotFound(parent.to_owned()))
+            }
+            Err(e) => Err(self.db_err()(e)),
         }
-        Ok((chain, lock))
     }
 
     fn create_scratch(
@@ -605,14 +608,6 @@ impl OverlaySnapshotter {
         parent: Option<&str>,
         labels: &BTreeMap<String, String>,
     ) -> Result<Vec<Mount>, SnapshotError> {
-        let io = |action, path: &Path| {
-            let path = path.to_owned();
-            move |source| SnapshotError::Io {
-                action,
-                path,
-                source,
-            }
-        };
         let target = self.scratch_dir(key);
         if target.exists()
             || Self::row(&self.conn(), key)
@@ -628,16 +623,11 @@ impl OverlaySnapshotter {
             }
             None => (Vec::new(), None),
         };
-        let temp = self.root.join(format!(
-            "new-{}-{:016x}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        fs::create_dir(&temp).map_err(io("create snapshot directory", &temp))?;
-        let _lock = lock_dir(&temp).map_err(io("lock snapshot directory", &temp))?;
+        let (temp, _lock) = self.new_dir()?;
         let result = (|| {
             for sub in ["fs", "work"] {
-                fs::create_dir(temp.join(sub)).map_err(io("create snapshot directory", &temp))?;
+                fs::create_dir(temp.join(sub))
+                    .map_err(io_err("create snapshot directory", &temp))?;
             }
             let info = ScratchInfo {
                 key: key.to_owned(),
@@ -647,12 +637,12 @@ impl OverlaySnapshotter {
             };
             let file = temp.join("scratch.json");
             fs::write(&file, serde_json::to_vec(&info).expect("serialises"))
-                .map_err(io("write", &file))?;
+                .map_err(io_err("write", &file))?;
             fs::rename(&temp, &target).map_err(|source| {
                 if target.exists() {
                     SnapshotError::AlreadyExists(key.to_owned())
                 } else {
-                    io("rename snapshot directory", &target)(source)
+                    io_err("rename snapshot directory", &target)(source)
                 }
             })
         })();
@@ -709,30 +699,15 @@ impl OverlaySnapshotter {
         parent: Option<&str>,
         labels: &BTreeMap<String, String>,
     ) -> Result<Vec<Mount>, SnapshotError> {
-        let io = |action, path: &Path| {
-            let path = path.to_owned();
-            move |source| SnapshotError::Io {
-                action,
-                path,
-                source,
-            }
-        };
         if self.scratch_dir(key).exists() {
             return Err(SnapshotError::AlreadyExists(key.to_owned()));
         }
-        // Build the directory under a temporary name, locked so cleaners leave it alone.
-        let temp = self.root.join(format!(
-            "new-{}-{:016x}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        fs::create_dir(&temp).map_err(io("create snapshot directory", &temp))?;
-        let _lock = lock_dir(&temp).map_err(io("lock snapshot directory", &temp))?;
+        let (temp, _lock) = self.new_dir()?;
         let result = (|| {
-            fs::create_dir(temp.join("fs")).map_err(io("create snapshot directory", &temp))?;
+            fs::create_dir(temp.join("fs")).map_err(io_err("create snapshot directory", &temp))?;
             if kind == Kind::Active {
                 fs::create_dir(temp.join("work"))
-                    .map_err(io("create snapshot directory", &temp))?;
+                    .map_err(io_err("create snapshot directory", &temp))?;
             }
             let conn = self.conn();
             let tx = DurableTx::begin(&conn, Durability::of(kind)).map_err(self.db_err())?;
@@ -768,9 +743,9 @@ impl OverlaySnapshotter {
                 warn!(path = %target.display(), "removing orphaned snapshot directory");
                 self.remover
                     .remove_tree(&target)
-                    .map_err(io("remove orphaned snapshot directory", &target))?;
+                    .map_err(io_err("remove orphaned snapshot directory", &target))?;
             }
-            fs::rename(&temp, &target).map_err(io("rename snapshot directory", &target))?;
+            fs::rename(&temp, &target).map_err(io_err("rename snapshot directory", &target))?;
             let row = Self::row_by_id(&tx, id).map_err(self.db_err())?;
             let mounts = self.mounts_for(&tx, &row)?;
             tx.commit().map_err(self.db_err())?;
@@ -800,16 +775,8 @@ impl OverlaySnapshotter {
     /// no metadata. Safe to run while other processes use the store. Returns how many
     /// directories were deleted.
     pub fn cleanup(&self) -> Result<usize, SnapshotError> {
-        let io = |action, path: &Path| {
-            let path = path.to_owned();
-            move |source| SnapshotError::Io {
-                action,
-                path,
-                source,
-            }
-        };
         let mut doomed = Vec::new();
-        let entries = fs::read_dir(&self.root).map_err(io("list snapshots", &self.root))?;
+        let entries = fs::read_dir(&self.root).map_err(io_err("list snapshots", &self.root))?;
         let mut numbered = Vec::new();
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -861,7 +828,7 @@ impl OverlaySnapshotter {
                         Ok(()) => doomed.push(grave),
                         // Listed before our transaction began, removed by its owner since.
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(io("rename orphaned snapshot", &path)(e)),
+                        Err(e) => return Err(io_err("rename orphaned snapshot", &path)(e)),
                     }
                 }
             }
