@@ -554,17 +554,8 @@ impl Containers {
             limits: request.resources.any(),
         };
         let key = snapshot_key(&id);
-        let prepared = self.write_record(&record).and_then(|()| {
-            let layers = match &request.parent {
-                Some(parent) => store.snapshots().layer_dirs(parent)?,
-                None => Vec::new(),
-            };
-            let mut config = self.container_config(&request, &id, &layers)?;
-            let stubs = stubs::lower_for(
-                &self.inner.state_root.join(".stubs"),
-                &layers,
-                etc_files_mounted(&request.mounts),
-            )?;
+        self.write_record(&record)?;
+        let prepared = (|| {
             let labels = BTreeMap::from([(LEASE_LABEL.to_owned(), store.lease().to_owned())]);
             let parent = request.parent.as_deref();
             let mounts = if request.commit_layer {
@@ -572,13 +563,22 @@ impl Containers {
             } else {
                 store.snapshots().prepare_scratch(&key, parent, &labels)?
             };
+            // The image's layers, bottom first, as the snapshotter just found them.
+            let mut layers = mounts.first().map(|m| m.lower_dirs()).unwrap_or_default();
+            layers.reverse();
+            let mut config = self.container_config(&request, &id, &layers)?;
+            let stubs = stubs::lower_for(
+                &self.inner.state_root.join(".stubs"),
+                &layers,
+                etc_files_mounted(&request.mounts),
+            )?;
             config.rootfs = rootfs_from(&mounts, stubs.as_deref());
             Ok(config)
-        });
+        })();
         let config = match prepared {
             Ok(c) => c,
             Err(e) => {
-                let _ = self.remove_record(&id);
+                self.discard(&id);
                 return Err(e);
             }
         };
