@@ -12,11 +12,12 @@
 //! Only files directly under an `/etc` that is a directory in the image are handled; any
 //! other mount point is still made by libcontainer, in the writable layer.
 
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
+use crate::user::find_in_layers;
 use crate::{io_err, ContainersError};
 
 /// How long a half-built stub directory may stay before [`remove_stale`] takes it for the
@@ -109,29 +110,20 @@ fn build(
 /// Owner and mode of the image's `/etc`: `Some(None)` when the image has none (the stub makes
 /// it, as libcontainer would), `None` when it is anything but a directory.
 fn image_etc(layers: &[PathBuf]) -> Option<Option<(u32, u32, u32)>> {
-    for layer in layers.iter().rev() {
-        let Ok(meta) = std::fs::symlink_metadata(layer.join("etc")) else {
-            continue;
-        };
-        if !meta.is_dir() {
-            // A file, a symlink, or a whiteout: leave it to libcontainer.
-            return None;
+    match find_in_layers(layers, "etc") {
+        None => Some(None),
+        Some((_, meta)) if meta.is_dir() => {
+            Some(Some((meta.mode() & 0o7777, meta.uid(), meta.gid())))
         }
-        return Some(Some((meta.mode() & 0o7777, meta.uid(), meta.gid())));
+        // A file or a symlink: leave it to libcontainer.
+        Some(_) => None,
     }
-    Some(None)
 }
 
-/// Whether the image has `/etc/NAME` (the topmost layer that names it decides; an overlay
-/// whiteout there means it was deleted). An opaque `/etc` in a higher layer is not looked
-/// for: a name it hides is taken as present, and libcontainer makes the mount point.
+/// Whether the image has `/etc/NAME`. A name that an opaque `/etc` in a higher layer hides
+/// is taken as present, and libcontainer makes the mount point.
 fn in_image(layers: &[PathBuf], name: &str) -> bool {
-    for layer in layers.iter().rev() {
-        if let Ok(meta) = std::fs::symlink_metadata(layer.join("etc").join(name)) {
-            return !(meta.file_type().is_char_device() && meta.rdev() == 0);
-        }
-    }
-    false
+    find_in_layers(layers, &format!("etc/{name}")).is_some()
 }
 
 fn is_plain_name(name: &str) -> bool {

@@ -5,22 +5,34 @@ use std::path::{Path, PathBuf};
 
 use cairn_runtime::ProcessUser;
 
-/// Reads `rel` (relative to `/`) from the merged view of `layers` (bottom first) without
-/// mounting: the topmost layer that has the path decides; an overlay whiteout (a 0/0
-/// character device) there means it was deleted.
-pub(crate) fn read_from_layers(layers: &[PathBuf], rel: &str) -> Option<String> {
-    use std::os::unix::fs::FileTypeExt;
+/// The entry at `rel` (relative to `/`) in the merged view of `layers` (bottom first),
+/// without mounting: the topmost layer that has the path decides; an overlay whiteout (a 0/0
+/// character device) there means it was deleted. Opaque directories above are not looked
+/// for.
+pub(crate) fn find_in_layers(
+    layers: &[PathBuf],
+    rel: &str,
+) -> Option<(PathBuf, std::fs::Metadata)> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
     for layer in layers.iter().rev() {
         let path = layer.join(rel);
         let Ok(meta) = std::fs::symlink_metadata(&path) else {
             continue;
         };
-        if meta.file_type().is_char_device() || !meta.is_file() {
+        if meta.file_type().is_char_device() && meta.rdev() == 0 {
             return None;
         }
-        return std::fs::read_to_string(&path).ok();
+        return Some((path, meta));
     }
     None
+}
+
+/// Reads the file at `rel` from the merged view of `layers` (see [`find_in_layers`]).
+pub(crate) fn read_from_layers(layers: &[PathBuf], rel: &str) -> Option<String> {
+    match find_in_layers(layers, rel)? {
+        (path, meta) if meta.is_file() => std::fs::read_to_string(path).ok(),
+        _ => None,
+    }
 }
 
 /// Resolves a Docker-style user spec (`name`, `uid`, `name:group`, `uid:gid`, empty for root)
