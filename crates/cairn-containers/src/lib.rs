@@ -98,6 +98,20 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> C
     }
 }
 
+/// How long a half-written file or directory (a record, a stub directory) may stay before it
+/// is taken for the debris of a killed process: writing one takes microseconds.
+const DEBRIS_GRACE: Duration = Duration::from_secs(60);
+
+/// Whether `entry` last changed more than `age` ago.
+fn changed_before(entry: &std::fs::DirEntry, age: Duration) -> bool {
+    entry
+        .metadata()
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|elapsed| elapsed > age)
+}
+
 /// A host path bound into the container (`-v HOST:CTR[:ro]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Volume {
@@ -351,14 +365,7 @@ impl Containers {
             .flatten()
         {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let old = || {
-                entry
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| t.elapsed().ok())
-                    .is_some_and(|age| age > Duration::from_secs(60))
-            };
+            let old = || changed_before(&entry, DEBRIS_GRACE);
             let (id, file, legacy) = if let Some(id) = name.strip_suffix(".json") {
                 (id.to_owned(), entry.path(), false)
             } else if entry.file_type().is_ok_and(|t| t.is_dir()) {

@@ -18,11 +18,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest as _, Sha256};
 
 use crate::user::find_in_layers;
-use crate::{io_err, ContainersError};
-
-/// How long a half-built stub directory may stay before [`remove_stale`] takes it for the
-/// debris of a killed process: building one takes microseconds.
-const GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+use crate::{changed_before, io_err, ContainersError, DEBRIS_GRACE};
 
 /// The lower directory that supplies the files `names` (single components) under `/etc`
 /// where the image, `layers` bottom first, has none; `None` when nothing is missing or the
@@ -136,13 +132,9 @@ pub(crate) fn remove_stale(stubs_root: &Path) {
         return;
     };
     for entry in entries.flatten() {
-        let old = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age > GRACE);
-        if entry.file_name().to_string_lossy().starts_with(".new-") && old {
+        if entry.file_name().to_string_lossy().starts_with(".new-")
+            && changed_before(&entry, DEBRIS_GRACE)
+        {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
